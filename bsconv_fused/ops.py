@@ -1,0 +1,116 @@
+"""torch.library custom ops: the one door torch.compile and autograd see for every fused backend.
+
+Each fused backend contributes a pair of ops in the ``bsconv_fused`` namespace with the same schemas:
+
+    <name>_forward(x, pw[C_out, C_in], dw[C_out, 1, kh, kw], bias?, mid_bias?, stride[2], padding[2], dilation[2]) -> y
+    <name>_backward(grad_y, x, pw, dw, mid_bias?, stride, padding, dilation, output_mask[5]) -> (dx, dpw, ddw, dbias, dmid)
+
+The Triton pair is defined here in Python; the extension's ``cpp_forward`` / ``cpp_backward`` are declared in C++
+(TORCH_LIBRARY in csrc/bsconv_fused.cpp) and get their fake kernels and autograd from :func:`register_pair`.
+
+Contracts shared by every pair (the fake kernels below encode them, the real kernels must follow them):
+- y and dx take x's memory format (channels_last stays channels_last); weight gradients are dense, in the weight dtype.
+- a gradient whose output_mask entry is False comes back as an empty (0,) tensor: custom ops cannot return None.
+- the forward saves x and the weights, never the intermediate: the backward recomputes it.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ._shapes import conv_out_size, suggest_memory_format
+
+NAMESPACE = "bsconv_fused"
+GRAD_NAMES = ("x", "pw_weight", "dw_weight", "bias", "mid_bias")
+
+
+def output_like(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Allocate an output of ``shape`` in x's memory format (the contract of every forward and of dx)."""
+    return torch.empty(tuple(shape), dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
+
+
+def forward_out_shape(x: torch.Tensor, dw: torch.Tensor, stride, padding, dilation) -> Tuple[int, int, int, int]:
+    N, _, H, W = x.shape
+    kh, kw = dw.shape[2], dw.shape[3]
+    return (N, dw.shape[0], conv_out_size(H, kh, stride[0], padding[0], dilation[0]),
+            conv_out_size(W, kw, stride[1], padding[1], dilation[1]))
+
+
+def empty_grad(ref: torch.Tensor) -> torch.Tensor:
+    return ref.new_empty((0,))
+
+
+def backward_outputs_like(x, pw, dw, mid_bias, output_mask) -> Tuple[torch.Tensor, ...]:
+    """Allocate (or stand in empty tensors for) the five gradients, following the shared contract."""
+    C_out = pw.shape[0]
+    shapes = (None, tuple(pw.shape), tuple(dw.shape), (C_out,), (C_out,))
+    outs = []
+    for i, need in enumerate(output_mask):
+        if not need:
+            outs.append(empty_grad(x))
+        elif i == 0:
+            outs.append(output_like(x, x.shape))
+        else:
+            outs.append(torch.empty(shapes[i], dtype=pw.dtype, device=x.device))
+    return tuple(outs)
+
+
+def _fake_forward(x, pw, dw, bias, mid_bias, stride, padding, dilation):
+    return output_like(x, forward_out_shape(x, dw, stride, padding, dilation))
+
+
+def _fake_backward(grad_y, x, pw, dw, mid_bias, stride, padding, dilation, output_mask):
+    return backward_outputs_like(x, pw, dw, mid_bias, output_mask)
+
+
+def register_pair(forward_op, backward_op, *, register_fake: bool) -> None:
+    """Give a forward/backward op pair its fake kernels (when not defined in Python already) and its autograd."""
+    if register_fake:
+        torch.library.register_fake(forward_op)(_fake_forward)
+        torch.library.register_fake(backward_op)(_fake_backward)
+
+    def setup_context(ctx, inputs, output):
+        x, pw, dw, bias, mid_bias, stride, padding, dilation = inputs
+        ctx.save_for_backward(x, pw, dw, mid_bias)
+        ctx.conv_args = (list(stride), list(padding), list(dilation))
+        ctx.has_bias = bias is not None
+
+    def backward(ctx, grad_y):
+        x, pw, dw, mid_bias = ctx.saved_tensors
+        need = list(ctx.needs_input_grad[:5])
+        need[3] = need[3] and ctx.has_bias
+        need[4] = need[4] and mid_bias is not None
+        if not any(need):
+            return (None,) * 8
+        grads = backward_op(grad_y, x, pw, dw, mid_bias, *ctx.conv_args, need)
+        return tuple(g if n else None for g, n in zip(grads, need)) + (None, None, None)
+
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+
+# ----------------------------------------------------------------------------------------------- Triton pair
+@torch.library.custom_op(f"{NAMESPACE}::triton_forward", mutates_args=())
+def triton_forward(
+    x: torch.Tensor, pw: torch.Tensor, dw: torch.Tensor, bias: Optional[torch.Tensor],
+    mid_bias: Optional[torch.Tensor], stride: List[int], padding: List[int], dilation: List[int],
+) -> torch.Tensor:
+    from .triton import launch
+
+    return launch.forward(x, pw, dw, bias, mid_bias, tuple(stride), tuple(padding), tuple(dilation))
+
+
+@torch.library.custom_op(f"{NAMESPACE}::triton_backward", mutates_args=())
+def triton_backward(
+    grad_y: torch.Tensor, x: torch.Tensor, pw: torch.Tensor, dw: torch.Tensor, mid_bias: Optional[torch.Tensor],
+    stride: List[int], padding: List[int], dilation: List[int], output_mask: List[bool],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from .triton import launch
+
+    return launch.backward(grad_y, x, pw, dw, mid_bias, tuple(stride), tuple(padding), tuple(dilation),
+                           tuple(bool(m) for m in output_mask))
+
+
+torch.library.register_fake(triton_forward)(_fake_forward)
+torch.library.register_fake(triton_backward)(_fake_backward)
+register_pair(triton_forward, triton_backward, register_fake=False)
