@@ -150,3 +150,8 @@ def suggest_memory_format(x: torch.Tensor) -> torch.memory_format:
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
+
+
+def empty_output(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Allocate an output (y or dx) of ``shape`` in x's memory format: the layout contract of every backend."""
+    return torch.empty(tuple(shape), dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))

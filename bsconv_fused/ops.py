@@ -19,15 +19,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ._shapes import conv_out_size, suggest_memory_format
+from ._shapes import conv_out_size, empty_output
 
 NAMESPACE = "bsconv_fused"
 GRAD_NAMES = ("x", "pw_weight", "dw_weight", "bias", "mid_bias")
-
-
-def output_like(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Allocate an output of ``shape`` in x's memory format (the contract of every forward and of dx)."""
-    return torch.empty(tuple(shape), dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
 
 
 def forward_out_shape(x: torch.Tensor, dw: torch.Tensor, stride, padding, dilation) -> Tuple[int, int, int, int]:
@@ -50,14 +45,14 @@ def backward_outputs_like(x, pw, dw, mid_bias, output_mask) -> Tuple[torch.Tenso
         if not need:
             outs.append(empty_grad(x))
         elif i == 0:
-            outs.append(output_like(x, x.shape))
+            outs.append(empty_output(x, x.shape))
         else:
             outs.append(torch.empty(shapes[i], dtype=pw.dtype, device=x.device))
     return tuple(outs)
 
 
 def _fake_forward(x, pw, dw, bias, mid_bias, stride, padding, dilation):
-    return output_like(x, forward_out_shape(x, dw, stride, padding, dilation))
+    return empty_output(x, forward_out_shape(x, dw, stride, padding, dilation))
 
 
 def _fake_backward(grad_y, x, pw, dw, mid_bias, stride, padding, dilation, output_mask):

@@ -1,0 +1,186 @@
+"""Which fused backends exist here, why the others do not, and which one runs a given call.
+
+Backends:
+- "triton": the Triton kernels (bsconv_fused/triton). CUDA tensors; CPU tensors only under TRITON_INTERPRET=1
+  (the interpreter: for tests, never picked by "auto").
+- "cuda":   the compiled extension bsconv_fused._C: its CUDA kernels for CUDA tensors, its OpenMP kernels for CPU
+  tensors.
+- "torch":  the plain two-layer PyTorch path (bsconv_fused.reference); always available.
+
+"auto" (the default) takes BSCONV_FUSED_BACKEND when set, else the first fused backend that can run the call, else
+"torch" with one FallbackWarning per distinct reason. An explicitly requested backend that cannot run raises
+BackendUnavailableError with the reason and the fix.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+
+BACKENDS = ("triton", "cuda", "torch")
+CHOICES = ("auto",) + BACKENDS
+ENV_VAR = "BSCONV_FUSED_BACKEND"
+
+# Order in which "auto" tries fused backends on a GPU. Triton first: its kernels are checked against the float64
+# reference under the interpreter in CI, the CUDA kernels only compile there; revisit with GPU benchmark results.
+GPU_PREFERENCE = ("triton", "cuda")
+
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+EXT_CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+EXT_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+class FallbackWarning(UserWarning):
+    """The fused path could not run and the plain two-layer PyTorch path ran instead."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run this call."""
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    available: bool
+    reason: str  # why it is unavailable, or what it runs on when available
+
+    def __bool__(self) -> bool:
+        return self.available
+
+
+_warned: set = set()
+
+
+def warn_once(reason: str) -> None:
+    """Warn once per distinct reason that the two-layer path runs instead of the fused one."""
+    if reason in _warned:
+        return
+    _warned.add(reason)
+    if torch.compiler.is_compiling():
+        return  # the eager run warns; a warning inside a traced region would break the graph
+    warnings.warn(f"bsconv_fused: running the two-layer PyTorch path: {reason}", FallbackWarning, stacklevel=3)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import_error() -> Optional[str]:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install raising anything at import
+        return f"triton is not importable ({type(e).__name__}: {e}); install it with `pip install triton`"
+    return None
+
+
+def _ext_reason() -> Optional[str]:
+    from . import _ext
+
+    if _ext.load() is None:
+        return _ext.reason()
+    return None
+
+
+def triton_status() -> BackendStatus:
+    err = _triton_import_error()
+    if err:
+        return BackendStatus(False, err)
+    if torch.cuda.is_available():
+        return BackendStatus(True, "Triton kernels on CUDA tensors")
+    if interpreting():
+        return BackendStatus(True, "Triton interpreter (TRITON_INTERPRET=1) on CPU tensors: for testing, slow")
+    return BackendStatus(False, "no CUDA GPU is visible (Triton compiles for GPUs; TRITON_INTERPRET=1 runs the "
+                                "kernels on CPU tensors for testing)")
+
+
+def cuda_status() -> BackendStatus:
+    err = _ext_reason()
+    if err:
+        return BackendStatus(False, err)
+    from . import _ext
+
+    if _ext.has_cuda_kernels():
+        where = "CUDA kernels" + ("" if torch.cuda.is_available() else " (built; no GPU visible)")
+        return BackendStatus(True, f"compiled extension: {where} and OpenMP CPU kernels")
+    return BackendStatus(True, "compiled extension: OpenMP CPU kernels only (built without CUDA)")
+
+
+def available_backends() -> Dict[str, BackendStatus]:
+    """Each backend with whether it can run here and, if not, why."""
+    return {
+        "triton": triton_status(),
+        "cuda": cuda_status(),
+        "torch": BackendStatus(True, "plain two-layer PyTorch path (reference)"),
+    }
+
+
+def _why_not(name: str, x: torch.Tensor) -> Optional[str]:
+    """None if backend ``name`` can run a call on tensors like ``x``, else the reason it cannot."""
+    dev, dt = x.device.type, x.dtype
+    if name == "torch":
+        return None
+    if name == "triton":
+        err = _triton_import_error()
+        if err:
+            return err
+        if dev == "cpu" and not interpreting():
+            return "the Triton backend needs CUDA tensors (x is on the CPU; TRITON_INTERPRET=1 runs it on the CPU for testing)"
+        if dev not in ("cuda", "cpu"):
+            return f"the Triton backend runs on CUDA tensors, x is on {x.device}"
+        if dt not in TRITON_DTYPES:
+            return f"the Triton kernels support float16, bfloat16 and float32, not {dt}"
+        return None
+    if name == "cuda":
+        err = _ext_reason()
+        if err:
+            return err
+        from . import _ext
+
+        if dev == "cuda":
+            if not _ext.has_cuda_kernels():
+                return "the compiled extension was built without CUDA kernels; rebuild with nvcc present: " \
+                       "`pip install --no-build-isolation -e .`"
+            if dt not in EXT_CUDA_DTYPES:
+                return f"the CUDA kernels support float16, bfloat16 and float32, not {dt}"
+            return None
+        if dev == "cpu":
+            if dt not in EXT_CPU_DTYPES:
+                return f"the extension's CPU kernels support float32, float64 and bfloat16, not {dt}"
+            return None
+        return f"the compiled extension runs on CPU and CUDA tensors, x is on {x.device}"
+    raise AssertionError(name)
+
+
+def choose(requested: str, x: torch.Tensor) -> str:
+    """Resolve ``requested`` ("auto" or a backend name) to the backend that runs this call."""
+    if requested not in CHOICES:
+        raise ValueError(f"backend must be one of {CHOICES}, got {requested!r}")
+    if requested == "auto":
+        env = os.environ.get(ENV_VAR, "").strip()
+        if env:
+            if env not in CHOICES:
+                raise ValueError(f"environment variable {ENV_VAR} must be one of {CHOICES}, got {env!r}")
+            requested = env
+    if requested != "auto":
+        why = _why_not(requested, x)
+        if why is not None:
+            raise BackendUnavailableError(
+                f"backend {requested!r} cannot run this call: {why}. Use backend='auto' to fall back to the "
+                f"two-layer PyTorch path, or see `python -m bsconv_fused` for what is available.")
+        return requested
+    candidates = GPU_PREFERENCE if x.device.type == "cuda" else ("cuda",)
+    reasons = []
+    for name in candidates:
+        why = _why_not(name, x)
+        if why is None:
+            return name
+        reasons.append(f"{name}: {why}")
+    if x.device.type == "cpu" and not torch.cuda.is_available():
+        reasons.insert(0, "no GPU")
+    warn_once("; ".join(reasons))
+    return "torch"

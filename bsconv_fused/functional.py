@@ -1,0 +1,70 @@
+"""Functional API: argument checks, stride/padding/dilation normalisation, backend choice, dispatch to the ops."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import backends
+from ._shapes import IntOrPair, pw_as_matrix, validate
+from .reference import bsconv_u_dense, bsconv_u_reference
+
+__all__ = ["bsconv_u", "bsconv_u_reference", "bsconv_u_dense"]
+
+
+def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    # Custom ops are invisible to autocast, so mirror F.conv2d's policy (run in the lower precision) here.
+    dev = x.device.type
+    if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return None
+
+
+def _forward_op(name: str):
+    if name == "triton":
+        from . import ops
+
+        return ops.triton_forward
+    from . import cpp_ops  # noqa: F401  (gives the extension's ops their fake kernels and autograd)
+
+    return torch.ops.bsconv_fused.cpp_forward.default
+
+
+def bsconv_u(
+    x: torch.Tensor,
+    pw_weight: torch.Tensor,
+    dw_weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    *,
+    mid_bias: Optional[torch.Tensor] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Blueprint separable convolution: y = DW(PW(x) + mid_bias) + bias, fused where a backend can run it.
+
+    Args:
+        x: (N, C_in, H, W), float16 / bfloat16 / float32 (float64 runs the two-layer path on GPUs); NCHW,
+            channels_last or any strided view. y comes back in x's memory format.
+        pw_weight: pointwise weight (C_out, C_in, 1, 1) or (C_out, C_in); the pointwise conv has no bias.
+        dw_weight: depthwise weight (C_out, 1, kh, kw).
+        bias: optional (C_out,) bias of the depthwise conv.
+        stride, padding, dilation: of the depthwise conv (int or pair); the pointwise conv runs at input resolution.
+        mid_bias: optional (C_out,) bias added to the intermediate at in-image positions only (the depthwise zero
+            padding stays zero): what folding an eval-mode BatchNorm between the two convs needs.
+        backend: "auto", "triton", "cuda" or "torch" (see bsconv_fused.backends).
+    """
+    if backend not in backends.CHOICES:
+        raise ValueError(f"backend must be one of {backends.CHOICES}, got {backend!r}")
+    g = validate(x, pw_weight, dw_weight, bias, mid_bias, stride, padding, dilation)
+    low = _autocast_dtype(x)
+    if low is not None and x.dtype == torch.float32:
+        x, pw_weight, dw_weight = x.to(low), pw_weight.to(low), dw_weight.to(low)
+        bias = bias.to(low) if bias is not None else None
+        mid_bias = mid_bias.to(low) if mid_bias is not None else None
+    name = backends.choose(backend, x)
+    if name == "torch":
+        return bsconv_u_reference(x, pw_weight, dw_weight, bias, g.stride, g.padding, g.dilation, mid_bias=mid_bias)
+    op = _forward_op(name)
+    return op(x, pw_as_matrix(pw_weight), dw_weight, bias, mid_bias, list(g.stride), list(g.padding), list(g.dilation))

@@ -1,0 +1,93 @@
+"""Fused BSConvU forward kernel: y = DW(PW(x) + mid_bias) + bias in one launch.
+
+One program = one image, one output tile (TH x TW), one block of BLOCK_CO output channels.
+1. The pointwise conv runs once on the tile's input halo (HALO_H x HALO_W pixels, flattened to HALO_LANES lanes)
+   with tl.dot over C_in chunks, fp32 accumulation: t[halo_pixel, co]. It stays on chip.
+2. mid_bias is added at in-image halo pixels only; out-of-image pixels are 0 because x is loaded as 0 there, so the
+   depthwise zero padding is exact.
+3. Each depthwise tap gathers t at the tap's shifted halo positions (tl.gather along the pixel axis; on GPUs it goes
+   through shared memory) and accumulates dw[co, tap] * t. No per-tap recomputation of the pointwise conv.
+4. bias epilogue, store in y's strides (NCHW, channels_last or any view).
+
+Measured with the interpreter traffic counter (bsconv_fused.bench.traffic; N=1, 64->128, 28x28, K=3, stride 1,
+padding 1, fp32; regenerate with `python -m bsconv_fused.bench.traffic`):
+see benchmarks/results/traffic.md for the current figures; the unique bytes equal x + weights + y (nothing else
+touches memory) and the dot FLOPs are the pointwise FLOPs times the halo overhead of the plan (about 1.3x for 3x3
+on large maps), not K*K.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def bsconv_fwd_kernel(
+    x_ptr, pw_ptr, dw_ptr, bias_ptr, mid_ptr, y_ptr,
+    C_in, C_out, H, W, Ho, Wo,
+    sxn, sxc, sxh, sxw,
+    syn, syc, syh, syw,
+    tiles_w, tiles_per_img,
+    PH, PW,
+    KH: tl.constexpr, KW: tl.constexpr,
+    SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+    TH: tl.constexpr, TW: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+    HALO_LANES: tl.constexpr, OUT_LANES: tl.constexpr,
+    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_MID: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    # channel blocks vary fastest so the programs that share one x halo tile run together and hit L2
+    pid = tl.program_id(0)
+    co_blocks = tl.cdiv(C_out, BLOCK_CO)
+    pid_co = pid % co_blocks
+    pid_t = pid // co_blocks
+    n = pid_t // tiles_per_img
+    tile = pid_t % tiles_per_img
+    oh0 = (tile // tiles_w) * TH
+    ow0 = (tile % tiles_w) * TW
+
+    co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    co_ok = co < C_out
+
+    # ---- pointwise conv on the input halo
+    hp = tl.arange(0, HALO_LANES)
+    ih = oh0 * SH - PH + hp // HALO_W
+    iw = ow0 * SW - PW + hp % HALO_W
+    in_img = (hp < HALO_H * HALO_W) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    # 64-bit offsets: a tensor may exceed 2**31 elements
+    x_pix = x_ptr + n.to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
+    t = tl.zeros((HALO_LANES, BLOCK_CO), dtype=tl.float32)
+    for ci0 in range(0, C_in, BLOCK_CI):
+        ci = ci0 + tl.arange(0, BLOCK_CI)
+        ci_ok = ci < C_in
+        xt = tl.load(x_pix[:, None] + ci[None, :].to(tl.int64) * sxc, mask=in_img[:, None] & ci_ok[None, :], other=0.0)
+        wt = tl.load(pw_ptr + co[None, :] * C_in + ci[:, None], mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
+        if UPCAST:  # the interpreter computes bf16 wrongly: do the GEMM in fp32 there
+            xt = xt.to(tl.float32)
+            wt = wt.to(tl.float32)
+        t = tl.dot(xt, wt, t, input_precision=INPUT_PRECISION)
+    if HAS_MID:
+        mb = tl.load(mid_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
+        t += tl.where(in_img[:, None], mb[None, :], 0.0)
+
+    # ---- depthwise conv from the on-chip intermediate
+    op = tl.arange(0, OUT_LANES)
+    orow = op // TW
+    ocol = op % TW
+    lane_ok = op < TH * TW
+    acc = tl.zeros((OUT_LANES, BLOCK_CO), dtype=tl.float32)
+    for kh in tl.static_range(KH):
+        for kw in tl.static_range(KW):
+            src = (orow * SH + kh * DH) * HALO_W + ocol * SW + kw * DW
+            src = tl.where(lane_ok, src, 0)  # padding lanes gather a valid (unused) element
+            tap = tl.gather(t, tl.broadcast_to(src[:, None], (OUT_LANES, BLOCK_CO)), 0)
+            wv = tl.load(dw_ptr + co * (KH * KW) + (kh * KW + kw), mask=co_ok, other=0.0).to(tl.float32)
+            acc += tap * wv[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
+
+    oh = oh0 + orow
+    ow = ow0 + ocol
+    out_ok = lane_ok & (oh < Ho) & (ow < Wo)
+    y_off = n.to(tl.int64) * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
+    tl.store(y_ptr + y_off[:, None] + co[None, :].to(tl.int64) * syc, acc.to(y_ptr.dtype.element_ty),
+             mask=out_ok[:, None] & co_ok[None, :])

@@ -1,0 +1,148 @@
+"""Launchers for the Triton kernels: geometry, tile plan, grid, strides, dtype handling, split-reduction finish.
+
+Called by the custom ops in bsconv_fused/ops.py (the only caller); they see validated, same-dtype tensors.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Optional, Tuple
+
+import torch
+
+from .._shapes import empty_output, pw_as_matrix, validate
+from .backward import bsconv_bwd_dx_kernel, bsconv_bwd_w_kernel
+from .forward import bsconv_fwd_kernel
+from .plan import cdiv, plan_backward, plan_forward, taps_pow2, weight_grad_groups
+
+Pair = Tuple[int, int]
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _dtype_flags(dtype: torch.dtype):
+    """(UPCAST, INPUT_PRECISION) for a tensor dtype.
+
+    fp32 follows cuDNN: TF32 tensor cores when torch.backends.cudnn.allow_tf32 (PyTorch's default for convs), else
+    exact fp32. The interpreter computes bf16 wrongly (triton issue 11584), so there the GEMMs run in fp32."""
+    interp = _interpreting()
+    upcast = interp and dtype == torch.bfloat16
+    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interp
+    return upcast, ("tf32" if tf32 else "ieee")
+
+
+def _device_ctx(t: torch.Tensor):
+    # Triton launches on the current device: make it the tensors' device (tensors on cuda:1 work)
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _sm_count(t: torch.Tensor) -> int:
+    if t.is_cuda:
+        return torch.cuda.get_device_properties(t.device).multi_processor_count
+    return 132  # interpreter: plan as for an H100 so CPU tests exercise the same grid shapes
+
+
+def forward(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional[torch.Tensor],
+            stride: Pair, padding: Pair, dilation: Pair) -> torch.Tensor:
+    g = validate(x, pw, dw, bias, mid_bias, stride, padding, dilation)
+    pw = pw_as_matrix(pw).contiguous()
+    dw = dw.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    mid_bias = mid_bias.contiguous() if mid_bias is not None else None
+    p = plan_forward(g)
+    y = empty_output(x, g.out_shape)
+    upcast, precision = _dtype_flags(x.dtype)
+    co_blocks = cdiv(g.C_out, p.block_co)
+    # 1-D grid, channel block fastest: the programs sharing an x halo tile are adjacent (L2 reuse), and no grid
+    # axis limit (65535 on axes 1 and 2) caps the number of tiles.
+    grid = (co_blocks * g.N * p.tiles_per_image,)
+    with _device_ctx(x):
+        bsconv_fwd_kernel[grid](
+            x, pw, dw, bias if bias is not None else dw, mid_bias if mid_bias is not None else dw, y,
+            g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
+            *x.stride(), *y.stride(),
+            p.tiles_w, p.tiles_per_image,
+            g.padding[0], g.padding[1],
+            KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
+            TH=p.th, TW=p.tw, HALO_H=p.halo_h, HALO_W=p.halo_w, HALO_LANES=p.halo_lanes, OUT_LANES=p.out_lanes,
+            BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci,
+            HAS_BIAS=bias is not None, HAS_MID=mid_bias is not None,
+            UPCAST=upcast, INPUT_PRECISION=precision,
+            num_warps=p.num_warps,
+        )
+    return y
+
+
+def backward(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], stride: Pair, padding: Pair, dilation: Pair,
+             output_mask: Tuple[bool, bool, bool, bool, bool]):
+    g = validate(x, pw, dw, None, mid_bias, stride, padding, dilation)
+    if tuple(grad_y.shape) != g.out_shape:
+        raise ValueError(f"grad_y must have the output shape {g.out_shape}, got {tuple(grad_y.shape)}")
+    if grad_y.dtype != x.dtype or grad_y.device != x.device:
+        raise ValueError(f"grad_y must match x in dtype and device, got {grad_y.dtype} on {grad_y.device}")
+    need_dx, need_dpw, need_ddw, need_db, need_dm = (bool(m) for m in output_mask)
+    need_dm = need_dm and mid_bias is not None
+    pw_shape = pw.shape
+    pw = pw_as_matrix(pw).contiguous()
+    dw = dw.contiguous()
+    mid_bias = mid_bias.contiguous() if mid_bias is not None else None
+    p = plan_backward(g)
+    upcast, precision = _dtype_flags(x.dtype)
+    empty = x.new_empty((0,))
+    dx = dpw = ddw = db = dm = empty
+    common = dict(KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
+                  QH=p.qh, QW=p.qw, LANES=p.lanes, BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci,
+                  UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps)
+    co_blocks, ci_blocks = cdiv(g.C_out, p.block_co), cdiv(g.C_in, p.block_ci)
+    with _device_ctx(x):
+        if need_dx:
+            dx = empty_output(x, x.shape)
+            tiles = p.tiles_h * p.tiles_w
+            bsconv_bwd_dx_kernel[(ci_blocks * g.N * tiles,)](
+                grad_y, pw, dw, dx,
+                g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
+                *grad_y.stride(), *dx.stride(),
+                p.tiles_w, tiles,
+                g.padding[0], g.padding[1],
+                **common,
+            )
+        if need_dpw or need_ddw or need_db or need_dm:
+            utiles = p.utiles_h * p.utiles_w
+            total = g.N * utiles
+            groups = weight_grad_groups(g, p, co_blocks, ci_blocks, _sm_count(x))
+            per_group = cdiv(total, groups)
+            groups = cdiv(total, per_group)
+
+            def part(*shape):
+                return torch.empty((groups,) + shape, dtype=torch.float32, device=x.device)
+
+            parts = [part(g.C_out, g.C_in) if need_dpw else empty, part(g.C_out, g.kh * g.kw) if need_ddw else empty,
+                     part(g.C_out) if need_db else empty, part(g.C_out) if need_dm else empty]
+            flags = dict(NEED_DPW=need_dpw, NEED_DDW=need_ddw, NEED_DBIAS=need_db, NEED_DMID=need_dm,
+                         HAS_MID=mid_bias is not None, TAPS=taps_pow2(g))
+            # launch 1: C_in block 0 with the per-channel reductions; launch 2: the remaining C_in blocks of d_pw
+            launches = [(0, 1, True)]
+            if need_dpw and ci_blocks > 1:
+                launches.append((1, ci_blocks - 1, False))
+            for ci0, nci, lead in launches:
+                bsconv_bwd_w_kernel[(co_blocks * nci, groups)](
+                    grad_y, x, pw, dw, mid_bias if mid_bias is not None else dw,
+                    *parts,
+                    g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
+                    *grad_y.stride(), *x.stride(),
+                    p.utiles_w, utiles, total, per_group, nci, ci0,
+                    g.padding[0], g.padding[1],
+                    LEAD=lead, **flags, **common,
+                )
+            # fixed-order reduction of the group partials: deterministic
+            if need_dpw:
+                dpw = parts[0].sum(0).to(pw.dtype).reshape(pw_shape)
+            if need_ddw:
+                ddw = parts[1].sum(0).to(dw.dtype).reshape(dw.shape)
+            if need_db:
+                db = parts[2].sum(0).to(x.dtype)
+            if need_dm:
+                dm = parts[3].sum(0).to(x.dtype)
+    return dx, dpw, ddw, db, dm
