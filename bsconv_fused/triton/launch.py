@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -44,8 +45,22 @@ def _sm_count(t: torch.Tensor) -> int:
     return 132  # interpreter: plan as for an H100 so CPU tests exercise the same grid shapes
 
 
-def forward(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional[torch.Tensor],
-            stride: Pair, padding: Pair, dilation: Pair) -> torch.Tensor:
+@dataclass
+class Launch:
+    """One kernel launch, described before it runs: the launchers run it, the ahead-of-time compile test
+    (bsconv_fused/triton/aot.py) compiles exactly it for sm_80/sm_90 without a GPU."""
+
+    kernel: object
+    grid: Tuple[int, ...]
+    args: Tuple
+    meta: dict = field(default_factory=dict)
+
+    def run(self) -> None:
+        self.kernel[self.grid](*self.args, **self.meta)
+
+
+def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional[torch.Tensor],
+                     stride: Pair, padding: Pair, dilation: Pair) -> Tuple[torch.Tensor, List[Launch]]:
     g = validate(x, pw, dw, bias, mid_bias, stride, padding, dilation)
     pw = pw_as_matrix(pw).contiguous()
     dw = dw.contiguous()
@@ -57,26 +72,25 @@ def forward(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional[torch.Te
     co_blocks = cdiv(g.C_out, p.block_co)
     # 1-D grid, channel block fastest: the programs sharing an x halo tile are adjacent (L2 reuse), and no grid
     # axis limit (65535 on axes 1 and 2) caps the number of tiles.
-    grid = (co_blocks * g.N * p.tiles_per_image,)
-    with _device_ctx(x):
-        bsconv_fwd_kernel[grid](
-            x, pw, dw, bias if bias is not None else dw, mid_bias if mid_bias is not None else dw, y,
-            g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
-            *x.stride(), *y.stride(),
-            p.tiles_w, p.tiles_per_image,
-            g.padding[0], g.padding[1],
-            KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
-            TH=p.th, TW=p.tw, HALO_H=p.halo_h, HALO_W=p.halo_w, HALO_LANES=p.halo_lanes, OUT_LANES=p.out_lanes,
-            BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci,
-            HAS_BIAS=bias is not None, HAS_MID=mid_bias is not None,
-            UPCAST=upcast, INPUT_PRECISION=precision,
-            num_warps=p.num_warps,
-        )
-    return y
+    launch = Launch(
+        bsconv_fwd_kernel, (co_blocks * g.N * p.tiles_per_image,),
+        (x, pw, dw, bias if bias is not None else dw, mid_bias if mid_bias is not None else dw, y,
+         g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
+         *x.stride(), *y.stride(),
+         p.tiles_w, p.tiles_per_image,
+         g.padding[0], g.padding[1]),
+        dict(KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
+             TH=p.th, TW=p.tw, HALO_H=p.halo_h, HALO_W=p.halo_w, HALO_LANES=p.halo_lanes, OUT_LANES=p.out_lanes,
+             BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci,
+             HAS_BIAS=bias is not None, HAS_MID=mid_bias is not None,
+             UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps),
+    )
+    return y, [launch]
 
 
-def backward(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], stride: Pair, padding: Pair, dilation: Pair,
-             output_mask: Tuple[bool, bool, bool, bool, bool]):
+def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], stride: Pair, padding: Pair,
+                      dilation: Pair, output_mask) -> Tuple[List[Launch], Callable[[], Tuple[torch.Tensor, ...]]]:
+    """The launches of the backward and the function that finishes it (reduces the group partials)."""
     g = validate(x, pw, dw, None, mid_bias, stride, padding, dilation)
     if tuple(grad_y.shape) != g.out_shape:
         raise ValueError(f"grad_y must have the output shape {g.out_shape}, got {tuple(grad_y.shape)}")
@@ -91,58 +105,79 @@ def backward(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], stride: Pair, 
     p = plan_backward(g)
     upcast, precision = _dtype_flags(x.dtype)
     empty = x.new_empty((0,))
-    dx = dpw = ddw = db = dm = empty
     common = dict(KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
                   QH=p.qh, QW=p.qw, LANES=p.lanes, BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci,
                   UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps)
     co_blocks, ci_blocks = cdiv(g.C_out, p.block_co), cdiv(g.C_in, p.block_ci)
+    launches = []
+    dx = empty
+    if need_dx:
+        dx = empty_output(x, x.shape)
+        tiles = p.tiles_h * p.tiles_w
+        launches.append(Launch(
+            bsconv_bwd_dx_kernel, (ci_blocks * g.N * tiles,),
+            (grad_y, pw, dw, dx,
+             g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
+             *grad_y.stride(), *dx.stride(),
+             p.tiles_w, tiles,
+             g.padding[0], g.padding[1]),
+            dict(common),
+        ))
+    parts = [empty] * 4
+    if need_dpw or need_ddw or need_db or need_dm:
+        utiles = p.utiles_h * p.utiles_w
+        total = g.N * utiles
+        groups = weight_grad_groups(g, p, co_blocks, ci_blocks, _sm_count(x))
+        per_group = cdiv(total, groups)
+        groups = cdiv(total, per_group)
+
+        def part(*shape):
+            return torch.empty((groups,) + shape, dtype=torch.float32, device=x.device)
+
+        parts = [part(g.C_out, g.C_in) if need_dpw else empty, part(g.C_out, g.kh * g.kw) if need_ddw else empty,
+                 part(g.C_out) if need_db else empty, part(g.C_out) if need_dm else empty]
+        flags = dict(NEED_DPW=need_dpw, NEED_DDW=need_ddw, NEED_DBIAS=need_db, NEED_DMID=need_dm,
+                     HAS_MID=mid_bias is not None, TAPS=taps_pow2(g))
+        # launch 1: C_in block 0 with the per-channel reductions; launch 2: the remaining C_in blocks of d_pw
+        blocks = [(0, 1, True)]
+        if need_dpw and ci_blocks > 1:
+            blocks.append((1, ci_blocks - 1, False))
+        for ci0, nci, lead in blocks:
+            launches.append(Launch(
+                bsconv_bwd_w_kernel, (co_blocks * nci, groups),
+                (grad_y, x, pw, dw, mid_bias if mid_bias is not None else dw,
+                 *parts,
+                 g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
+                 *grad_y.stride(), *x.stride(),
+                 p.utiles_w, utiles, total, per_group, nci, ci0,
+                 g.padding[0], g.padding[1]),
+                dict(LEAD=lead, **flags, **common),
+            ))
+
+    def finish():
+        # fixed-order reduction of the group partials: deterministic. Gradients not asked for are fresh empty
+        # tensors: a custom op's outputs may not alias each other.
+        none = lambda: x.new_empty((0,))  # noqa: E731
+        dpw = parts[0].sum(0).to(pw.dtype).reshape(pw_shape) if need_dpw else none()
+        ddw = parts[1].sum(0).to(dw.dtype).reshape(dw.shape) if need_ddw else none()
+        db = parts[2].sum(0).to(x.dtype) if need_db else none()
+        dm = parts[3].sum(0).to(x.dtype) if need_dm else none()
+        return (dx if need_dx else none()), dpw, ddw, db, dm
+
+    return launches, finish
+
+
+def forward(x, pw, dw, bias, mid_bias, stride: Pair, padding: Pair, dilation: Pair) -> torch.Tensor:
+    y, launches = forward_launches(x, pw, dw, bias, mid_bias, stride, padding, dilation)
     with _device_ctx(x):
-        if need_dx:
-            dx = empty_output(x, x.shape)
-            tiles = p.tiles_h * p.tiles_w
-            bsconv_bwd_dx_kernel[(ci_blocks * g.N * tiles,)](
-                grad_y, pw, dw, dx,
-                g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
-                *grad_y.stride(), *dx.stride(),
-                p.tiles_w, tiles,
-                g.padding[0], g.padding[1],
-                **common,
-            )
-        if need_dpw or need_ddw or need_db or need_dm:
-            utiles = p.utiles_h * p.utiles_w
-            total = g.N * utiles
-            groups = weight_grad_groups(g, p, co_blocks, ci_blocks, _sm_count(x))
-            per_group = cdiv(total, groups)
-            groups = cdiv(total, per_group)
+        for launch in launches:
+            launch.run()
+    return y
 
-            def part(*shape):
-                return torch.empty((groups,) + shape, dtype=torch.float32, device=x.device)
 
-            parts = [part(g.C_out, g.C_in) if need_dpw else empty, part(g.C_out, g.kh * g.kw) if need_ddw else empty,
-                     part(g.C_out) if need_db else empty, part(g.C_out) if need_dm else empty]
-            flags = dict(NEED_DPW=need_dpw, NEED_DDW=need_ddw, NEED_DBIAS=need_db, NEED_DMID=need_dm,
-                         HAS_MID=mid_bias is not None, TAPS=taps_pow2(g))
-            # launch 1: C_in block 0 with the per-channel reductions; launch 2: the remaining C_in blocks of d_pw
-            launches = [(0, 1, True)]
-            if need_dpw and ci_blocks > 1:
-                launches.append((1, ci_blocks - 1, False))
-            for ci0, nci, lead in launches:
-                bsconv_bwd_w_kernel[(co_blocks * nci, groups)](
-                    grad_y, x, pw, dw, mid_bias if mid_bias is not None else dw,
-                    *parts,
-                    g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
-                    *grad_y.stride(), *x.stride(),
-                    p.utiles_w, utiles, total, per_group, nci, ci0,
-                    g.padding[0], g.padding[1],
-                    LEAD=lead, **flags, **common,
-                )
-            # fixed-order reduction of the group partials: deterministic
-            if need_dpw:
-                dpw = parts[0].sum(0).to(pw.dtype).reshape(pw_shape)
-            if need_ddw:
-                ddw = parts[1].sum(0).to(dw.dtype).reshape(dw.shape)
-            if need_db:
-                db = parts[2].sum(0).to(x.dtype)
-            if need_dm:
-                dm = parts[3].sum(0).to(x.dtype)
-    return dx, dpw, ddw, db, dm
+def backward(grad_y, x, pw, dw, mid_bias, stride: Pair, padding: Pair, dilation: Pair, output_mask):
+    launches, finish = backward_launches(grad_y, x, pw, dw, mid_bias, stride, padding, dilation, output_mask)
+    with _device_ctx(x):
+        for launch in launches:
+            launch.run()
+        return finish()

@@ -1,0 +1,127 @@
+"""Compile the exact launches the Triton backend makes, ahead of time, for a GPU architecture, without a GPU.
+
+The interpreter checks what the kernels compute; only the real compiler catches what it accepts and a GPU would not
+(tl.dot shapes, layouts, register and shared-memory limits, bf16 lowering). The launchers describe each launch as a
+`Launch` (kernel, grid, args, constexprs); this module turns one into `triton.compile(ASTSource(...), target=...)`.
+Tensors are allocated on the "meta" device, so nothing is computed.
+
+    python -m bsconv_fused.triton.aot --arch 80 90 --case 0   # every kernel of the 3x3 case, fp32/fp16/bf16
+
+Must run in a process where TRITON_INTERPRET is not set (interpreted kernels cannot be compiled).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Dict, Iterable, List, Tuple
+
+import torch
+
+_TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+
+
+def _signature(launch) -> Tuple[Dict[str, str], Dict[str, object]]:
+    fn = launch.kernel
+    names = list(fn.arg_names)
+    consts = {k: v for k, v in launch.meta.items() if k in names}
+    runtime = [n for n in names if n not in consts]
+    if len(runtime) != len(launch.args):
+        raise ValueError(f"{fn.__name__}: {len(launch.args)} runtime args for {len(runtime)} parameters")
+    sig: Dict[str, str] = {}
+    for name, value in zip(runtime, launch.args):
+        if isinstance(value, torch.Tensor):
+            sig[name] = "*" + _TRITON_DTYPES[value.dtype]
+        elif isinstance(value, bool):
+            sig[name] = "i1"
+        elif isinstance(value, int):
+            sig[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+        else:
+            raise TypeError(f"{fn.__name__}: cannot type argument {name}={value!r}")
+    for name in consts:
+        sig[name] = "constexpr"
+    return sig, consts
+
+
+def compile_launch(launch, arch: int):
+    """Compile one Launch for sm_<arch>; returns the compiled kernel (its .metadata has n_regs, shared, ...)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    sig, consts = _signature(launch)
+    src = triton.compiler.ASTSource(fn=launch.kernel, signature=sig, constexprs=consts)
+    options = {"num_warps": launch.meta.get("num_warps", 4)}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def suite_cases() -> List[dict]:
+    """Geometries that cover every code path the launchers can take (each constexpr combination that matters)."""
+    return [
+        # 3x3 stride 1, bias + mid_bias, channels_last, two C_in blocks in the weight-gradient kernel
+        dict(N=2, C_in=96, C_out=64, H=28, W=28, k=(3, 3), stride=1, padding=1, dilation=1, bias=True, mid=True,
+             channels_last=True),
+        # stride 2, 5x5, no biases, NCHW
+        dict(N=1, C_in=32, C_out=48, H=17, W=15, k=(5, 5), stride=2, padding=2, dilation=1, bias=False, mid=False,
+             channels_last=False),
+        # rectangular dilated kernel, C_in=3, odd C_out
+        dict(N=1, C_in=3, C_out=17, H=9, W=31, k=(2, 7), stride=(1, 2), padding=(0, 3), dilation=(2, 1), bias=True,
+             mid=False, channels_last=False),
+        # small deep map (7x7, 256 channels)
+        dict(N=2, C_in=256, C_out=256, H=7, W=7, k=(3, 3), stride=1, padding=1, dilation=1, bias=True, mid=True,
+             channels_last=True),
+    ]
+
+
+def launches_for(case: dict, dtype: torch.dtype):
+    from .launch import backward_launches, forward_launches
+
+    dev = "meta"
+    x = torch.empty(case["N"], case["C_in"], case["H"], case["W"], dtype=dtype, device=dev)
+    if case["channels_last"]:
+        x = x.to(memory_format=torch.channels_last)
+    pw = torch.empty(case["C_out"], case["C_in"], dtype=dtype, device=dev)
+    dw = torch.empty(case["C_out"], 1, *case["k"], dtype=dtype, device=dev)
+    bias = torch.empty(case["C_out"], dtype=dtype, device=dev) if case["bias"] else None
+    mid = torch.empty(case["C_out"], dtype=dtype, device=dev) if case["mid"] else None
+    y, fwd = forward_launches(x, pw, dw, bias, mid, case["stride"], case["padding"], case["dilation"])
+    bwd, _ = backward_launches(torch.empty_like(y), x, pw, dw, mid, case["stride"], case["padding"],
+                               case["dilation"], (True, True, True, case["bias"], case["mid"]))
+    return fwd + bwd
+
+
+def compile_suite(archs: Iterable[int], dtypes: Iterable[torch.dtype], cases: Iterable[int] = (0,),
+                  verbose: bool = True) -> List[dict]:
+    rows = []
+    all_cases = suite_cases()
+    for arch in archs:
+        for dtype in dtypes:
+            for i in cases:
+                case = all_cases[i]
+                for launch in launches_for(case, dtype):
+                    t0 = time.perf_counter()
+                    k = compile_launch(launch, arch)
+                    md = k.metadata
+                    row = dict(arch=arch, dtype=str(dtype).replace("torch.", ""), case=i,
+                               kernel=launch.kernel.__name__, lead=launch.meta.get("LEAD"),
+                               shared_bytes=md.shared, seconds=round(time.perf_counter() - t0, 2))
+                    rows.append(row)
+                    if verbose:
+                        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, nargs="+", default=[80, 90])
+    ap.add_argument("--dtype", nargs="+", default=["float32", "float16", "bfloat16"])
+    ap.add_argument("--case", type=int, nargs="+", default=None,
+                    help=f"indices into suite_cases() (default: all {len(suite_cases())}; 0 is the 3x3 main case)")
+    args = ap.parse_args(argv)
+    cases = args.case if args.case is not None else range(len(suite_cases()))
+    rows = compile_suite(args.arch, [getattr(torch, d) for d in args.dtype], cases)
+    print(f"compiled {len(rows)} kernels")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

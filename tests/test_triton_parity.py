@@ -1,0 +1,100 @@
+"""Triton backend: outputs and every gradient against the float64 reference, over the coverage of issue 2.
+
+Without a GPU these run the kernels in the Triton interpreter (about 0.1 s per program), so every case is small:
+a handful of programs each. On a GPU the same cases run the compiled kernels on CUDA tensors.
+"""
+import functools
+
+import pytest
+import torch
+
+from bsconv_fused import bsconv_u
+from parity import Case, check
+
+triton = pytest.importorskip("triton")
+
+fused = functools.partial(bsconv_u, backend="triton")
+
+KERNELS = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (1, 3), (3, 1), (2, 5), (7, 2)]
+
+
+@pytest.mark.parametrize("k", KERNELS, ids=lambda k: f"k{k[0]}x{k[1]}")
+def test_kernel_sizes(k, triton_device):
+    check(Case(k=k, padding=(k[0] // 2, k[1] // 2), H=8, W=9), fused, triton_device)
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [
+    ((2, 2), (1, 1), (1, 1)),
+    ((1, 2), (0, 1), (1, 1)),
+    ((3, 3), (2, 0), (1, 1)),
+    ((1, 1), (0, 0), (1, 1)),
+    ((1, 1), (2, 2), (2, 2)),
+    ((2, 1), (1, 3), (1, 3)),
+    ((2, 2), (3, 3), (1, 1)),  # padding larger than the kernel reach: output border sees only the biases
+], ids=str)
+def test_stride_padding_dilation(stride, padding, dilation, triton_device):
+    check(Case(stride=stride, padding=padding, dilation=dilation, H=11, W=10), fused, triton_device)
+
+
+def test_output_larger_than_input(triton_device):
+    # 1x1 depthwise with padding: the output grows past the input, d_bias must still see every output pixel
+    check(Case(k=(1, 1), padding=(2, 3), H=5, W=4), fused, triton_device)
+
+
+@pytest.mark.parametrize("bias,mid", [(False, False), (True, False), (False, True), (True, True)])
+def test_bias_and_mid_bias(bias, mid, triton_device):
+    check(Case(bias=bias, mid=mid), fused, triton_device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced"])
+def test_dtypes_and_layouts(dtype, layout, triton_device):
+    check(Case(dtype=dtype, layout=layout, C_in=6, C_out=18, H=7, W=9), fused, triton_device)
+
+
+@pytest.mark.parametrize("grad_layout", ["transposed", "expanded"])
+def test_non_contiguous_grad_output(grad_layout, triton_device):
+    check(Case(grad_layout=grad_layout), fused, triton_device)
+
+
+@pytest.mark.parametrize("shape", [
+    dict(N=1, C_in=3, C_out=16, H=13, W=7),  # C_in=3, odd sizes
+    dict(N=3, C_in=70, C_out=40, H=5, W=6),  # several C_in and C_out blocks in every kernel
+    dict(N=2, C_in=17, C_out=9, H=1, W=12, k=(1, 3), padding=(0, 1)),  # a one-row image
+], ids=["cin3", "multiblock", "one_row"])
+def test_odd_shapes(shape, triton_device):
+    check(Case(**shape), fused, triton_device)
+
+
+@pytest.mark.parametrize("requires", [
+    (True, False, False, False, False),
+    (False, True, False, False, False),
+    (False, False, True, False, False),
+    (False, False, False, True, True),
+    (False, True, True, False, False),
+], ids=["dx", "dpw", "ddw", "biases", "weights"])
+def test_partial_gradients(requires, triton_device):
+    check(Case(requires=requires), fused, triton_device)
+
+
+def test_64bit_offsets(triton_device):
+    # the second image starts 2**31 elements into the storage: any 32-bit offset arithmetic lands elsewhere
+    if triton_device == "cuda" and torch.cuda.get_device_properties(0).total_memory < 12 * 2**30:
+        pytest.skip("needs a 4 GiB buffer")
+    C_in, C_out, H, W = 4, 16, 3, 5
+    off = 2**31
+    store = torch.zeros(off + C_in * H * W, dtype=torch.float16, device=triton_device)
+    x = store.as_strided((2, C_in, H, W), (off, H * W, W, 1))
+    x[0].copy_(torch.randn(C_in, H, W))
+    x[1].copy_(torch.randn(C_in, H, W))
+    pw = torch.randn(C_out, C_in, 1, 1, dtype=torch.float16, device=triton_device, requires_grad=True)
+    dw = torch.randn(C_out, 1, 3, 3, dtype=torch.float16, device=triton_device, requires_grad=True)
+    y = bsconv_u(x, pw, dw, None, 1, 1, backend="triton")
+    ref = bsconv_u(x.double(), pw.double(), dw.double(), None, 1, 1, backend="torch")
+    assert (y.double() - ref).abs().max().item() <= 4e-3 * max(1.0, ref.abs().max().item())
+    gy = torch.randn_like(y)
+    g = torch.autograd.grad(y, [pw, dw], gy)
+    rg = torch.autograd.grad(ref, [pw, dw], gy.double())
+    for a, b in zip(g, rg):
+        assert (a.double() - b).abs().max().item() <= 4e-3 * max(1.0, b.abs().max().item())
+    del store
