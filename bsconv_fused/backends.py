@@ -13,7 +13,6 @@ BackendUnavailableError with the reason and the fix.
 """
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -68,14 +67,21 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
-def _triton_import_error() -> Optional[str]:
+def _probe_triton() -> Optional[str]:
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
     except Exception as e:  # ImportError, or a broken install raising anything at import
         return f"triton is not importable ({type(e).__name__}: {e}); install it with `pip install triton`"
     return None
+
+
+# probed once at import (a plain global rather than lru_cache, which torch.compile warns about when tracing)
+_TRITON_ERROR = _probe_triton()
+
+
+def _triton_import_error() -> Optional[str]:
+    return _TRITON_ERROR
 
 
 def _ext_reason() -> Optional[str]:
