@@ -9,11 +9,15 @@ One program = one image, one output tile (TH x TW), one block of BLOCK_CO output
    through shared memory) and accumulates dw[co, tap] * t. No per-tap recomputation of the pointwise conv.
 4. bias epilogue, store in y's strides (NCHW, channels_last or any view).
 
-Measured with the interpreter traffic counter (bsconv_fused.bench.traffic; N=1, 64->128, 28x28, K=3, stride 1,
-padding 1, fp32; regenerate with `python -m bsconv_fused.bench.traffic`):
-see benchmarks/results/traffic.md for the current figures; the unique bytes equal x + weights + y (nothing else
-touches memory) and the dot FLOPs are the pointwise FLOPs times the halo overhead of the plan (about 1.3x for 3x3
-on large maps), not K*K.
+Traffic, counted with the interpreter (../shared/tools/triton_traffic.py; N=1, fp32, padding K//2, bias):
+| layer              | unique bytes      | = x + weights + y | requested / unique | dot FLOPs / pointwise FLOPs |
+| 64->128 @28, K3 s1 | 640,000           | 640,000           | 1.58               | 1.31 |
+| 64->128 @28, K3 s2 | 338,944           | 338,944           | 2.01               | 1.31 |
+| 32->64 @56, K5 s1  | 1,219,072         | 1,219,072         | 1.68               | 2.29 |
+Nothing but x, the weights and y touches memory (the fused bound); the pointwise work is the halo overhead of the
+tile plan (1.31x for 3x3, not 9x), and re-reads (requested > unique) are halo overlap and channel blocks sharing an
+x tile, served by L2 on a GPU. The 5x5 plan trades pointwise recomputation (cheap on tensor cores) for fewer idle
+depthwise lanes. Regenerate with the benchmark suite's traffic report (`python -m bsconv_fused` on a CPU machine).
 """
 import triton
 import triton.language as tl
