@@ -13,8 +13,8 @@ depthwise weight gradient: ddw[o, k] = sum_q t[q, o] * dy[p(q, k), o].
   intermediate t (for d_dw) is recomputed from x with tl.dot, only by the C_in-block-0 programs.
 
 Traffic of both kernels together, counted with the interpreter (N=1, fp32, all of dx, d_pw, d_dw, d_bias):
-| layer              | unique loads | x + dy + weights | unique stores | dx + partials | requested / unique | dot / pw |
-| 64->128 @28, K3 s1 | 639,488      | 639,488 (+bias)  | 465,920       | 200,704 + 265,216 | 8.94           | 3.43 |
+| layer              | unique loads | x + dy + pw + dw | unique stores | dx + partials | requested / unique | dot / pw |
+| 64->128 @28, K3 s1 | 639,488      | 639,488          | 465,920       | 200,704 + 265,216 | 8.94           | 3.43 |
 | 32->64 @56, K5 s1  | 1,218,816    | 1,218,816        | 817,152       | 401,408 + 415,744 | 20.87          | 3.43 |
 Loads are exactly x, dy and the weights; dt and t never reach memory. The stores are dx plus the fp32 group
 partials of the weight gradients (one slot per group, at most 64 MiB, reduced in a fixed order); at N=1 they are as
