@@ -3,18 +3,15 @@
 Importing never fails for want of a GPU, Triton or the compiled extension: `available_backends()` says what runs.
 """
 from .backends import BackendUnavailableError, FallbackWarning, available_backends
+from .convert import BSConvS_Replacer, BSConvU_Replacer
 from .functional import bsconv_u, bsconv_u_dense, bsconv_u_reference
+from .modules import BSConvS, BSConvS_ModelRegLossMixin, BSConvU, reg_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "bsconv_u", "bsconv_u_reference", "bsconv_u_dense", "available_backends", "FallbackWarning",
-    "BackendUnavailableError", "__version__",
+    "BackendUnavailableError", "BSConvU", "BSConvS", "BSConvS_ModelRegLossMixin", "reg_loss", "BSConvU_Replacer",
+    "BSConvS_Replacer", "__version__",
 ]
 
-try:  # the module layer is optional at import time only while it is being built; it is part of the package
-    from .modules import BSConvS, BSConvS_ModelRegLossMixin, BSConvU, reg_loss  # noqa: F401
-
-    __all__ += ["BSConvU", "BSConvS", "BSConvS_ModelRegLossMixin", "reg_loss"]
-except ImportError:  # pragma: no cover
-    pass

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -53,14 +53,13 @@ class BackendStatus:
 _warned: set = set()
 
 
-def warn_once(reason: str) -> None:
+def warn_once(reason: str, stacklevel: int = 3) -> None:
     """Warn once per distinct reason that the two-layer path runs instead of the fused one."""
-    if reason in _warned:
-        return
+    if reason in _warned or torch.compiler.is_compiling():
+        return  # inside a traced region a warning would break the graph; the next eager call warns
     _warned.add(reason)
-    if torch.compiler.is_compiling():
-        return  # the eager run warns; a warning inside a traced region would break the graph
-    warnings.warn(f"bsconv_fused: running the two-layer PyTorch path: {reason}", FallbackWarning, stacklevel=3)
+    warnings.warn(f"bsconv_fused: running the two-layer PyTorch path: {reason}", FallbackWarning,
+                  stacklevel=stacklevel)
 
 
 def interpreting() -> bool:
@@ -84,12 +83,24 @@ def _triton_import_error() -> Optional[str]:
     return _TRITON_ERROR
 
 
-def _ext_reason() -> Optional[str]:
+def _probe_ext() -> Tuple[Optional[str], bool]:
+    """(why the extension is unavailable or None, whether it has CUDA kernels). Never raises."""
     from . import _ext
 
     if _ext.load() is None:
-        return _ext.reason()
-    return None
+        return _ext.reason(), False
+    from . import cpp_ops  # noqa: F401  (fake kernels and autograd of the extension's ops)
+
+    return None, _ext.has_cuda_kernels()
+
+
+# Probed once at import, not lazily on the first call: that call may be inside torch.compile, which cannot trace the
+# loader's lock or the dispatcher query; plain globals it can.
+_EXT_ERROR, _EXT_HAS_CUDA = _probe_ext()
+
+
+def _ext_reason() -> Optional[str]:
+    return _EXT_ERROR
 
 
 def triton_status() -> BackendStatus:
@@ -108,9 +119,7 @@ def cuda_status() -> BackendStatus:
     err = _ext_reason()
     if err:
         return BackendStatus(False, err)
-    from . import _ext
-
-    if _ext.has_cuda_kernels():
+    if _EXT_HAS_CUDA:
         where = "CUDA kernels" + ("" if torch.cuda.is_available() else " (built; no GPU visible)")
         return BackendStatus(True, f"compiled extension: {where} and OpenMP CPU kernels")
     return BackendStatus(True, "compiled extension: OpenMP CPU kernels only (built without CUDA)")
@@ -145,10 +154,8 @@ def _why_not(name: str, x: torch.Tensor) -> Optional[str]:
         err = _ext_reason()
         if err:
             return err
-        from . import _ext
-
         if dev == "cuda":
-            if not _ext.has_cuda_kernels():
+            if not _EXT_HAS_CUDA:
                 return "the compiled extension was built without CUDA kernels; rebuild with nvcc present: " \
                        "`pip install --no-build-isolation -e .`"
             if dt not in EXT_CUDA_DTYPES:

@@ -57,12 +57,13 @@ def bsconv_u(
     """
     if backend not in backends.CHOICES:
         raise ValueError(f"backend must be one of {backends.CHOICES}, got {backend!r}")
+    low = _autocast_dtype(x) if isinstance(x, torch.Tensor) else None
+    if low is not None:
+        # fp32 operands go down to the autocast dtype, whichever of them arrives already lowered (x often does,
+        # from an earlier autocast layer), as F.conv2d would do
+        cast = lambda t: t.to(low) if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t  # noqa: E731
+        x, pw_weight, dw_weight, bias, mid_bias = map(cast, (x, pw_weight, dw_weight, bias, mid_bias))
     g = validate(x, pw_weight, dw_weight, bias, mid_bias, stride, padding, dilation)
-    low = _autocast_dtype(x)
-    if low is not None and x.dtype == torch.float32:
-        x, pw_weight, dw_weight = x.to(low), pw_weight.to(low), dw_weight.to(low)
-        bias = bias.to(low) if bias is not None else None
-        mid_bias = mid_bias.to(low) if mid_bias is not None else None
     name = backends.choose(backend, x)
     if name == "torch":
         return bsconv_u_reference(x, pw_weight, dw_weight, bias, g.stride, g.padding, g.dilation, mid_bias=mid_bias)
