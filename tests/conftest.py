@@ -1,17 +1,8 @@
-"""Test session setup.
-
-Without a GPU the Triton kernels run in the interpreter on CPU tensors. TRITON_INTERPRET must be set before any
-@triton.jit decorator runs, i.e. before bsconv_fused.triton is imported, so it is set here, at collection start.
-On a GPU machine it is left unset and the same parity tests run the compiled kernels on CUDA tensors.
-"""
+"""Test fixtures. The interpreter switch (TRITON_INTERPRET) is set in the root conftest.py."""
 import os
 
+import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
