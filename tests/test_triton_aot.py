@@ -30,6 +30,10 @@ def test_main_case_all_dtypes(arch):
     # forward, dx, weight-gradient lead + non-lead launches, for each of the three dtypes
     assert out.count("kernel=") == 12, out
     assert "compiled 12 kernels" in out
+    # no register spills: a spilling kernel is several times slower on the GPU (the cubin's stack size says it)
+    stacks = [line for line in out.splitlines() if "stack=" in line]
+    assert len(stacks) == 12, out
+    assert all(" stack=0 " in line for line in stacks), "\n".join(stacks)
 
 
 def test_other_geometries_sm90_bf16():

@@ -12,9 +12,14 @@ Must run in a process where TRITON_INTERPRET is not set (interpreted kernels can
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -52,6 +57,32 @@ def compile_launch(launch, arch: int):
     src = triton.compiler.ASTSource(fn=launch.kernel, signature=sig, constexprs=consts)
     options = {"num_warps": launch.meta.get("num_warps", 4)}
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def _cuobjdump() -> Optional[str]:
+    # Triton ships the CUDA binary utilities it needs; a system toolkit may not have cuobjdump at all
+    import triton
+
+    for cand in (os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"),
+                 shutil.which("cuobjdump") or ""):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def resource_usage(compiled) -> Dict[str, int]:
+    """Registers, stack (spill) bytes and static shared memory of a compiled kernel, read from its cubin."""
+    tool = _cuobjdump()
+    if tool is None:
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+    if not m:
+        return {}
+    return dict(regs=int(m.group(1)), stack=int(m.group(2)), local=int(m.group(4)))
 
 
 def suite_cases() -> List[dict]:
@@ -103,7 +134,8 @@ def compile_suite(archs: Iterable[int], dtypes: Iterable[torch.dtype], cases: It
                     md = k.metadata
                     row = dict(arch=arch, dtype=str(dtype).replace("torch.", ""), case=i,
                                kernel=launch.kernel.__name__, lead=launch.meta.get("LEAD"),
-                               shared_bytes=md.shared, seconds=round(time.perf_counter() - t0, 2))
+                               shared_bytes=md.shared, **resource_usage(k),
+                               seconds=round(time.perf_counter() - t0, 2))
                     rows.append(row)
                     if verbose:
                         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)

@@ -27,9 +27,8 @@ import triton.language as tl
 
 
 @triton.jit
-def _dy_tap(gy_n, ih, iw, q_ok, co, co_ok, sgc, sgh, sgw, Ho, Wo, PH, PW,
-            kh: tl.constexpr, kw: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-            DH: tl.constexpr, DW: tl.constexpr):
+def _dy_tap(gy_n, ih, iw, q_ok, co, co_ok, sgc, sgh, sgw, Ho, Wo, PH, PW, kh, kw,
+            SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr):
     """dy[p(q, tap), co] for every lane q (0 where no output pixel read q through this tap), in fp32."""
     nh = ih + PH - kh * DH
     nw = iw + PW - kw * DW
@@ -82,11 +81,14 @@ def bsconv_bwd_dx_kernel(
         co = co0 + tl.arange(0, BLOCK_CO)
         co_ok = co < C_out
         dt = tl.zeros((LANES, BLOCK_CO), dtype=tl.float32)
-        for kh in tl.static_range(KH):
-            for kw in tl.static_range(KW):
-                dy = _dy_tap(gy_n, ih, iw, q_ok, co, co_ok, sgc, sgh, sgw, Ho, Wo, PH, PW, kh, kw, SH, SW, DH, DW)
-                wv = tl.load(dw_ptr + co * (KH * KW) + (kh * KW + kw), mask=co_ok, other=0.0).to(tl.float32)
-                dt += dy * wv[None, :]
+        # a runtime loop over taps, not an unrolled one: unrolled, the compiler hoists every tap's loads and
+        # address tensors together and spills (seen in the sm_90 cubin's resource usage)
+        for tap in range(KH * KW):
+            kh = tap // KW
+            kw = tap % KW
+            dy = _dy_tap(gy_n, ih, iw, q_ok, co, co_ok, sgc, sgh, sgw, Ho, Wo, PH, PW, kh, kw, SH, SW, DH, DW)
+            wv = tl.load(dw_ptr + co * (KH * KW) + tap, mask=co_ok, other=0.0).to(tl.float32)
+            dt += dy * wv[None, :]
         wt = tl.load(pw_ptr + co[:, None] * C_in + ci[None, :], mask=co_ok[:, None] & ci_ok[None, :], other=0.0)
         if UPCAST:
             acc = tl.dot(dt, wt.to(tl.float32), acc, input_precision=INPUT_PRECISION)
@@ -164,14 +166,15 @@ def bsconv_bwd_w_kernel(
                 t += tl.where(q_ok[:, None], mb[None, :], 0.0)
 
         dt = tl.zeros((LANES, BLOCK_CO), dtype=tl.float32)
-        for kh in tl.static_range(KH):
-            for kw in tl.static_range(KW):
-                dy = _dy_tap(gy_n, rr, cc, q_ok, co, co_ok, sgc, sgh, sgw, Ho, Wo, PH, PW, kh, kw, SH, SW, DH, DW)
-                wv = tl.load(dw_ptr + co * (KH * KW) + (kh * KW + kw), mask=co_ok, other=0.0).to(tl.float32)
-                dt += dy * wv[None, :]
-                if NEED_DDW and LEAD:
-                    contrib = tl.sum(t * dy, axis=0)
-                    acc_dw += tl.where(taps[:, None] == kh * KW + kw, contrib[None, :], 0.0)
+        for tap in range(KH * KW):  # runtime loop: see the dx kernel
+            kh = tap // KW
+            kw = tap % KW
+            dy = _dy_tap(gy_n, rr, cc, q_ok, co, co_ok, sgc, sgh, sgw, Ho, Wo, PH, PW, kh, kw, SH, SW, DH, DW)
+            wv = tl.load(dw_ptr + co * (KH * KW) + tap, mask=co_ok, other=0.0).to(tl.float32)
+            dt += dy * wv[None, :]
+            if NEED_DDW and LEAD:
+                contrib = tl.sum(t * dy, axis=0)
+                acc_dw += tl.where(taps[:, None] == tap, contrib[None, :], 0.0)
 
         if NEED_DPW:
             xb = tl.load(x_pix[:, None] + ci_blk[None, :].to(tl.int64) * sxc,

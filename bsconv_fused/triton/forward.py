@@ -79,13 +79,16 @@ def bsconv_fwd_kernel(
     ocol = op % TW
     lane_ok = op < TH * TW
     acc = tl.zeros((OUT_LANES, BLOCK_CO), dtype=tl.float32)
-    for kh in tl.static_range(KH):
-        for kw in tl.static_range(KW):
-            src = (orow * SH + kh * DH) * HALO_W + ocol * SW + kw * DW
-            src = tl.where(lane_ok, src, 0)  # padding lanes gather a valid (unused) element
-            tap = tl.gather(t, tl.broadcast_to(src[:, None], (OUT_LANES, BLOCK_CO)), 0)
-            wv = tl.load(dw_ptr + co * (KH * KW) + (kh * KW + kw), mask=co_ok, other=0.0).to(tl.float32)
-            acc += tap * wv[None, :]
+    # a runtime loop over taps, not an unrolled one: unrolled, the compiler keeps several gathered copies of the
+    # intermediate live at once and spills (seen in the sm_90 cubin's resource usage)
+    for tap in range(KH * KW):
+        kh = tap // KW
+        kw = tap % KW
+        src = (orow * SH + kh * DH) * HALO_W + ocol * SW + kw * DW
+        src = tl.where(lane_ok, src, 0)  # padding lanes gather a valid (unused) element
+        g = tl.gather(t, tl.broadcast_to(src[:, None], (OUT_LANES, BLOCK_CO)), 0)
+        wv = tl.load(dw_ptr + co * (KH * KW) + tap, mask=co_ok, other=0.0).to(tl.float32)
+        acc += g * wv[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from .._shapes import Geometry
 
 # Register budget of one program: lanes x channels of fp32 live values in the largest tile (the intermediate).
-MAX_TILE_VALUES = 16384
+MAX_TILE_VALUES = 8192
 HALO_LANE_CHOICES = (64, 128, 256, 512)
 BWD_LANES = 128
 
@@ -109,7 +109,7 @@ def plan_forward(g: Geometry) -> ForwardPlan:
     return ForwardPlan(
         th=th, tw=tw, halo_h=hh, halo_w=hw, halo_lanes=halo_lanes, out_lanes=out_lanes,
         tiles_h=cdiv(g.Ho, th), tiles_w=cdiv(g.Wo, tw), block_co=block_co, block_ci=block_ci,
-        num_warps=8 if lanes * block_co >= 8192 else 4,
+        num_warps=8 if lanes * block_co >= 4096 else 4,
     )
 
 
@@ -124,7 +124,7 @@ def plan_backward(g: Geometry) -> BackwardPlan:
         qh=qh, qw=qw, lanes=next_pow2(qh * qw),
         tiles_h=cdiv(g.H, qh), tiles_w=cdiv(g.W, qw),
         utiles_h=cdiv(max(g.H, g.Ho), qh), utiles_w=cdiv(ext_w, qw),
-        block_co=_dot_block(g.C_out, 32), block_ci=_dot_block(g.C_in, 64),
+        block_co=_dot_block(g.C_out, 32), block_ci=_dot_block(g.C_in, 32),
         num_warps=8,
     )
 
