@@ -15,6 +15,13 @@ triton = pytest.importorskip("triton")
 
 fused = functools.partial(bsconv_u, backend="triton")
 
+
+@pytest.fixture(params=["separable", "flat"], autouse=True)
+def forward_variant(request, monkeypatch):
+    """Every case runs through both forward kernels (the plan would pick one per shape)."""
+    monkeypatch.setenv("BSCONV_FUSED_TRITON_FWD", request.param)
+    return request.param
+
 KERNELS = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (1, 3), (3, 1), (2, 5), (7, 2)]
 
 

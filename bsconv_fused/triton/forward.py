@@ -1,12 +1,16 @@
 """Fused BSConvU forward kernel: y = DW(PW(x) + mid_bias) + bias in one launch.
 
 One program = one image, one output tile (TH x TW), one block of BLOCK_CO output channels.
-1. The pointwise conv runs once on the tile's input halo (HALO_H x HALO_W pixels, flattened to HALO_LANES lanes)
+1. The pointwise conv runs once on the tile's input halo (HALO_H x HALO_W pixels)
    with tl.dot over C_in chunks, fp32 accumulation: t[halo_pixel, co]. It stays on chip.
 2. mid_bias is added at in-image halo pixels only; out-of-image pixels are 0 because x is loaded as 0 there, so the
    depthwise zero padding is exact.
-3. Each depthwise tap gathers t at the tap's shifted halo positions (tl.gather along the pixel axis; on GPUs it goes
-   through shared memory) and accumulates dw[co, tap] * t. No per-tap recomputation of the pointwise conv.
+3. Each depthwise tap reads the on-chip intermediate at the tap's shifted positions with tl.gather and accumulates
+   dw[co, tap] * t. No per-tap recomputation of the pointwise conv. Two variants, chosen per layer by the tile plan:
+   - bsconv_fwd_kernel: power-of-two halo extents, the intermediate as a (rows, cols, channels) tile, a vertical
+     then a horizontal gather along short axes (about one register shuffle per element and tap);
+   - bsconv_fwd_flat_kernel: any halo extents flattened to a power-of-two lane count, one gather per tap (halo/32
+     shuffles per element); for small maps, where a power-of-two tile would mostly recompute padding.
 4. bias epilogue, store in y's strides (NCHW, channels_last or any view).
 
 Traffic, counted with the interpreter (../shared/tools/triton_traffic.py; N=1, fp32, padding K//2, bias):
@@ -24,7 +28,99 @@ import triton.language as tl
 
 
 @triton.jit
+def _program_tile(C_out, tiles_w, tiles_per_img, TH: tl.constexpr, TW: tl.constexpr, BLOCK_CO: tl.constexpr):
+    # 1-D grid, channel block fastest: the programs sharing one x halo tile run together and hit L2
+    pid = tl.program_id(0)
+    co_blocks = tl.cdiv(C_out, BLOCK_CO)
+    pid_co = pid % co_blocks
+    pid_t = pid // co_blocks
+    n = pid_t // tiles_per_img
+    tile = pid_t % tiles_per_img
+    return n, (tile // tiles_w) * TH, (tile % tiles_w) * TW, pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+
+
+@triton.jit
+def _pointwise_halo(x_ptr, pw_ptr, mid_ptr, n, oh0, ow0, co, co_ok, C_in, H, W, sxn, sxc, sxh, sxw, PH, PW,
+                    SH: tl.constexpr, SW: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+                    LANES: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, HAS_MID: tl.constexpr,
+                    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """t[halo pixel, co] = PW(x) (+ mid_bias in the image) over the tile's input halo, pixels flattened row-major
+    (LANES >= HALO_H * HALO_W, a power of two). Out-of-image pixels are 0: the depthwise zero padding."""
+    hp = tl.arange(0, LANES)
+    ih = oh0 * SH - PH + hp // HALO_W
+    iw = ow0 * SW - PW + hp % HALO_W
+    in_img = (hp < HALO_H * HALO_W) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    # 64-bit offsets: a tensor may exceed 2**31 elements
+    x_pix = x_ptr + n.to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
+    t = tl.zeros((LANES, BLOCK_CO), dtype=tl.float32)
+    for ci0 in range(0, C_in, BLOCK_CI):
+        ci = ci0 + tl.arange(0, BLOCK_CI)
+        ci_ok = ci < C_in
+        xt = tl.load(x_pix[:, None] + ci[None, :].to(tl.int64) * sxc, mask=in_img[:, None] & ci_ok[None, :], other=0.0)
+        wt = tl.load(pw_ptr + co[None, :] * C_in + ci[:, None], mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
+        if UPCAST:  # the interpreter computes bf16 wrongly: do the GEMM in fp32 there
+            xt = xt.to(tl.float32)
+            wt = wt.to(tl.float32)
+        t = tl.dot(xt, wt, t, input_precision=INPUT_PRECISION)
+    if HAS_MID:
+        mb = tl.load(mid_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
+        t += tl.where(in_img[:, None], mb[None, :], 0.0)
+    return t
+
+
+@triton.jit
 def bsconv_fwd_kernel(
+    x_ptr, pw_ptr, dw_ptr, bias_ptr, mid_ptr, y_ptr,
+    C_in, C_out, H, W, Ho, Wo,
+    sxn, sxc, sxh, sxw,
+    syn, syc, syh, syw,
+    tiles_w, tiles_per_img,
+    PH, PW,
+    KH: tl.constexpr, KW: tl.constexpr,
+    SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+    TH: tl.constexpr, TW: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+    OUT_H: tl.constexpr, OUT_W: tl.constexpr,
+    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_MID: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """The separable-gather forward: power-of-two halo extents, the intermediate as a (rows, cols, co) tile."""
+    n, oh0, ow0, co = _program_tile(C_out, tiles_w, tiles_per_img, TH, TW, BLOCK_CO)
+    co_ok = co < C_out
+    t = _pointwise_halo(x_ptr, pw_ptr, mid_ptr, n, oh0, ow0, co, co_ok, C_in, H, W, sxn, sxc, sxh, sxw, PH, PW,
+                        SH, SW, HALO_H, HALO_W, HALO_H * HALO_W, BLOCK_CO, BLOCK_CI, HAS_MID, UPCAST, INPUT_PRECISION)
+
+    # Each tap is a vertical then a horizontal gather, each along a short axis (<= 32): Triton lowers such a gather
+    # to about one warp shuffle per element. One gather over the flattened halo costs halo/32 shuffles and selects
+    # per element (16x more for a 16x16 halo, seen in the sm_90 PTX).
+    t3 = tl.reshape(t, (HALO_H, HALO_W, BLOCK_CO))
+    orow = tl.arange(0, OUT_H)
+    ocol = tl.arange(0, OUT_W)
+    acc = tl.zeros((OUT_H, OUT_W, BLOCK_CO), dtype=tl.float32)
+    for kh in range(KH):
+        # lanes past the tile (OUT_H padded to a power of two) gather a valid, unused row
+        rows = tl.minimum(orow * SH + kh * DH, HALO_H - 1)
+        tv = tl.gather(t3, tl.broadcast_to(rows[:, None, None], (OUT_H, HALO_W, BLOCK_CO)), 0)
+        for kw in range(KW):
+            cols = tl.minimum(ocol * SW + kw * DW, HALO_W - 1)
+            g = tl.gather(tv, tl.broadcast_to(cols[None, :, None], (OUT_H, OUT_W, BLOCK_CO)), 1)
+            wv = tl.load(dw_ptr + co * (KH * KW) + (kh * KW + kw), mask=co_ok, other=0.0).to(tl.float32)
+            acc += g * wv[None, None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, None, :]
+
+    oh = oh0 + orow
+    ow = ow0 + ocol
+    row_ok = (orow < TH) & (oh < Ho)
+    col_ok = (ocol < TW) & (ow < Wo)
+    y_row = n.to(tl.int64) * syn + oh.to(tl.int64) * syh
+    y_off = y_row[:, None, None] + ow.to(tl.int64)[None, :, None] * syw + co.to(tl.int64)[None, None, :] * syc
+    mask = row_ok[:, None, None] & col_ok[None, :, None] & co_ok[None, None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def bsconv_fwd_flat_kernel(
     x_ptr, pw_ptr, dw_ptr, bias_ptr, mid_ptr, y_ptr,
     C_in, C_out, H, W, Ho, Wo,
     sxn, sxc, sxh, sxw,
@@ -39,49 +135,21 @@ def bsconv_fwd_kernel(
     HAS_BIAS: tl.constexpr, HAS_MID: tl.constexpr,
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    # channel blocks vary fastest so the programs that share one x halo tile run together and hit L2
-    pid = tl.program_id(0)
-    co_blocks = tl.cdiv(C_out, BLOCK_CO)
-    pid_co = pid % co_blocks
-    pid_t = pid // co_blocks
-    n = pid_t // tiles_per_img
-    tile = pid_t % tiles_per_img
-    oh0 = (tile // tiles_w) * TH
-    ow0 = (tile % tiles_w) * TW
+    """The flat-gather forward: any halo extents (flattened to HALO_LANES, a power of two), one gather per tap.
 
-    co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    For small maps (7x7, 14x14 at stride 2) where power-of-two halo extents would recompute most of the pointwise
+    conv: a 9x9 halo costs 128 lanes here against 256 as a 16x16 tile. Its gather costs HALO_LANES/32 shuffles per
+    element and tap, small next to the deep pointwise GEMM of such layers."""
+    n, oh0, ow0, co = _program_tile(C_out, tiles_w, tiles_per_img, TH, TW, BLOCK_CO)
     co_ok = co < C_out
-
-    # ---- pointwise conv on the input halo
-    hp = tl.arange(0, HALO_LANES)
-    ih = oh0 * SH - PH + hp // HALO_W
-    iw = ow0 * SW - PW + hp % HALO_W
-    in_img = (hp < HALO_H * HALO_W) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    # 64-bit offsets: a tensor may exceed 2**31 elements
-    x_pix = x_ptr + n.to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
-    t = tl.zeros((HALO_LANES, BLOCK_CO), dtype=tl.float32)
-    for ci0 in range(0, C_in, BLOCK_CI):
-        ci = ci0 + tl.arange(0, BLOCK_CI)
-        ci_ok = ci < C_in
-        xt = tl.load(x_pix[:, None] + ci[None, :].to(tl.int64) * sxc, mask=in_img[:, None] & ci_ok[None, :], other=0.0)
-        wt = tl.load(pw_ptr + co[None, :] * C_in + ci[:, None], mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
-        if UPCAST:  # the interpreter computes bf16 wrongly: do the GEMM in fp32 there
-            xt = xt.to(tl.float32)
-            wt = wt.to(tl.float32)
-        t = tl.dot(xt, wt, t, input_precision=INPUT_PRECISION)
-    if HAS_MID:
-        mb = tl.load(mid_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
-        t += tl.where(in_img[:, None], mb[None, :], 0.0)
-
-    # ---- depthwise conv from the on-chip intermediate
+    t = _pointwise_halo(x_ptr, pw_ptr, mid_ptr, n, oh0, ow0, co, co_ok, C_in, H, W, sxn, sxc, sxh, sxw, PH, PW,
+                        SH, SW, HALO_H, HALO_W, HALO_LANES, BLOCK_CO, BLOCK_CI, HAS_MID, UPCAST, INPUT_PRECISION)
     op = tl.arange(0, OUT_LANES)
     orow = op // TW
     ocol = op % TW
     lane_ok = op < TH * TW
     acc = tl.zeros((OUT_LANES, BLOCK_CO), dtype=tl.float32)
-    # a runtime loop over taps, not an unrolled one: unrolled, the compiler keeps several gathered copies of the
-    # intermediate live at once and spills (seen in the sm_90 cubin's resource usage)
-    for tap in range(KH * KW):
+    for tap in range(KH * KW):  # a runtime loop: unrolled, the gathered copies stay live together and spill
         kh = tap // KW
         kw = tap % KW
         src = (orow * SH + kh * DH) * HALO_W + ocol * SW + kw * DW

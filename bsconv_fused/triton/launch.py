@@ -13,7 +13,7 @@ import torch
 
 from .._shapes import empty_output, pw_as_matrix, validate
 from .backward import bsconv_bwd_dx_kernel, bsconv_bwd_w_kernel
-from .forward import bsconv_fwd_kernel
+from .forward import bsconv_fwd_flat_kernel, bsconv_fwd_kernel
 from .plan import cdiv, plan_backward, plan_forward, taps_pow2, weight_grad_groups
 
 Pair = Tuple[int, int]
@@ -66,21 +66,24 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
     dw = dw.contiguous()
     bias = bias.contiguous() if bias is not None else None
     mid_bias = mid_bias.contiguous() if mid_bias is not None else None
-    p = plan_forward(g)
+    # BSCONV_FUSED_TRITON_FWD pins the forward variant ("flat" or "separable"): for tests and tuning
+    p = plan_forward(g, os.environ.get("BSCONV_FUSED_TRITON_FWD", ""))
     y = empty_output(x, g.out_shape)
     upcast, precision = _dtype_flags(x.dtype)
     co_blocks = cdiv(g.C_out, p.block_co)
     # 1-D grid, channel block fastest: the programs sharing an x halo tile are adjacent (L2 reuse), and no grid
     # axis limit (65535 on axes 1 and 2) caps the number of tiles.
+    tile = (dict(TH=p.th, TW=p.tw, HALO_H=p.halo_h, HALO_W=p.halo_w, HALO_LANES=p.halo_lanes,
+                 OUT_LANES=p.out_lanes) if p.flat else
+            dict(TH=p.th, TW=p.tw, HALO_H=p.halo_h, HALO_W=p.halo_w, OUT_H=p.out_h, OUT_W=p.out_w))
     launch = Launch(
-        bsconv_fwd_kernel, (co_blocks * g.N * p.tiles_per_image,),
+        bsconv_fwd_flat_kernel if p.flat else bsconv_fwd_kernel, (co_blocks * g.N * p.tiles_per_image,),
         (x, pw, dw, bias if bias is not None else dw, mid_bias if mid_bias is not None else dw, y,
          g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
          *x.stride(), *y.stride(),
          p.tiles_w, p.tiles_per_image,
          g.padding[0], g.padding[1]),
-        dict(KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
-             TH=p.th, TW=p.tw, HALO_H=p.halo_h, HALO_W=p.halo_w, HALO_LANES=p.halo_lanes, OUT_LANES=p.out_lanes,
+        dict(KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1], **tile,
              BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci,
              HAS_BIAS=bias is not None, HAS_MID=mid_bias is not None,
              UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps),

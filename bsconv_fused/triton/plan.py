@@ -1,10 +1,10 @@
 """Tile planning for the Triton kernels: pure Python, no Triton import, testable anywhere.
 
 Forward tiles are planned in output coordinates with a halo in input coordinates: a program computes the pointwise
-conv on a (halo_h x halo_w) input region once (flattened to a power-of-two lane count, so the region itself need
-not be a power of two) and every depthwise tap reads that on-chip intermediate. The plan minimises the total lanes
-the grid computes (pointwise lanes weighted by the GEMM depth, depthwise lanes by the tap count): small maps get
-small halos instead of a mostly-padding 16x16 region.
+conv on a (halo_h x halo_w) input region once and every depthwise tap reads that on-chip intermediate. Both halo
+extents are powers of two (they are tensor axes); the plan minimises the work of the whole grid (pointwise lanes
+weighted by the GEMM depth, depthwise lanes by the tap count), so small maps get small halos instead of a
+mostly-padding 16x16 region.
 
 Backward tiles are planned in input coordinates (where dt and dx live) with no halo at all: the depthwise transpose
 reads grad_y at shifted addresses straight from memory.
@@ -12,14 +12,14 @@ reads grad_y at shifted addresses straight from memory.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 from .._shapes import Geometry
 
 # Register budget of one program: lanes x channels of fp32 live values in the largest tile (the intermediate).
 MAX_TILE_VALUES = 8192
-HALO_LANE_CHOICES = (64, 128, 256, 512)
+TILE_OVERHEAD = 256
+MAX_HALO_LANES = 256  # beyond this the intermediate tile no longer fits the register budget
 BWD_LANES = 128
 
 
@@ -33,12 +33,15 @@ def cdiv(a: int, b: int) -> int:
 
 @dataclass(frozen=True)
 class ForwardPlan:
-    th: int  # output tile rows
-    tw: int  # output tile cols
-    halo_h: int  # input rows the tile needs: (th-1)*sh + (kh-1)*dh + 1
+    flat: bool  # True: bsconv_fwd_flat_kernel (any halo, one flat gather); False: bsconv_fwd_kernel (separable)
+    th: int  # valid output tile rows
+    tw: int
+    halo_h: int  # input rows the tile reads: (th-1)*sh + (kh-1)*dh + 1 (flat), a power of two >= that (separable)
     halo_w: int
-    halo_lanes: int  # next_pow2(halo_h * halo_w)
-    out_lanes: int  # next_pow2(th * tw)
+    halo_lanes: int  # flat: next_pow2(halo_h * halo_w) (>= 16); separable: halo_h * halo_w
+    out_h: int  # separable: next_pow2(th) (a tensor axis); flat: 0
+    out_w: int
+    out_lanes: int
     tiles_h: int
     tiles_w: int
     block_co: int
@@ -73,43 +76,78 @@ def _halo(tile_out: int, k: int, s: int, d: int) -> int:
     return (tile_out - 1) * s + (k - 1) * d + 1
 
 
-@functools.lru_cache(maxsize=1024)
-def plan_forward(g: Geometry) -> ForwardPlan:
+def unsupported_reason(g: Geometry):
+    """Why the Triton kernels cannot run geometry g, or None. (Only a huge dilated kernel is out of reach.)"""
+    span_h = (g.kh - 1) * g.dilation[0] + 1
+    span_w = (g.kw - 1) * g.dilation[1] + 1
+    if next_pow2(span_h) * next_pow2(span_w) > MAX_HALO_LANES:
+        return (f"the dilated kernel spans {span_h}x{span_w} pixels, more than the largest on-chip tile of the Triton "
+                f"forward ({MAX_HALO_LANES} pixels)")
+    return None
+
+
+def _valid_out(halo: int, k: int, s: int, d: int, out_len: int) -> int:
+    return min(out_len, (halo - 1 - (k - 1) * d) // s + 1) if halo > (k - 1) * d else 0
+
+
+def _candidates(g: Geometry):
+    """(score, halo_lanes, flat, th, tw, hh, hw) for every tile shape of both forward variants.
+
+    The score estimates the instructions of the whole grid per output channel: a pointwise halo lane costs about
+    C_in/4 (its share of the x loads; the GEMM runs on tensor cores), an output lane per tap costs a shuffle and an
+    FMA in the separable variant and halo/32 shuffles and selects plus an FMA in the flat one, a tile a fixed
+    overhead. These weights come from reading the sm_90 PTX, not from GPU timings: tune them on a GPU."""
     sh, sw = g.stride
     dh, dw = g.dilation
-    block_ci = _dot_block(g.C_in, 32)
-    best = None
-    for lanes in HALO_LANE_CHOICES:
-        for tw in range(1, g.Wo + 1):
-            hw = _halo(tw, g.kw, sw, dw)
-            if hw > lanes:
-                break
-            th = min(g.Ho, ((lanes // hw) - 1 - (g.kh - 1) * dh) // sh + 1)
-            if th < 1:
+    taps = g.kh * g.kw
+    pw_cost = max(g.C_in, 16) / 4
+    pows = [1 << i for i in range(0, 9)]
+    for hh in pows:  # separable: power-of-two extents
+        th = _valid_out(hh, g.kh, sh, dh, g.Ho)
+        for hw in pows:
+            tw = _valid_out(hw, g.kw, sw, dw, g.Wo)
+            lanes = hh * hw
+            if th < 1 or tw < 1 or lanes < 16 or lanes > MAX_HALO_LANES:
                 continue
-            hh = _halo(th, g.kh, sh, dh)
-            halo_lanes = max(16, next_pow2(hh * hw))  # tl.dot needs M >= 16 on GPUs
+            out_lanes = next_pow2(th) * next_pow2(tw)
+            tiles = cdiv(g.Ho, th) * cdiv(g.Wo, tw)
+            yield (tiles * (lanes * pw_cost + out_lanes * 2 * taps + TILE_OVERHEAD), lanes, False, th, tw, hh, hw)
+    for tw in range(1, g.Wo + 1):  # flat: any extents
+        hw = (tw - 1) * sw + (g.kw - 1) * dw + 1
+        if hw > MAX_HALO_LANES:
+            break
+        for th in range(1, g.Ho + 1):
+            hh = (th - 1) * sh + (g.kh - 1) * dh + 1
+            lanes = max(16, next_pow2(hh * hw))
+            if lanes > MAX_HALO_LANES:
+                break
             out_lanes = next_pow2(th * tw)
             tiles = cdiv(g.Ho, th) * cdiv(g.Wo, tw)
-            # lanes computed over the whole grid, pointwise lanes weighted by GEMM depth (tensor cores: /8),
-            # depthwise lanes by taps; the smaller halo wins ties (fewer live registers)
-            score = tiles * (halo_lanes * max(g.C_in, 16) / 8 + out_lanes * g.kh * g.kw)
-            key = (score, halo_lanes)
-            if best is None or key < best[0]:
-                best = (key, th, tw, hh, hw, halo_lanes, out_lanes)
-    if best is None:  # a kernel span wider than the largest halo: fall back to one output pixel per tile
-        th = tw = 1
-        hh, hw = _halo(1, g.kh, sh, dh), _halo(1, g.kw, sw, dw)
-        best = (None, th, tw, hh, hw, max(16, next_pow2(hh * hw)), 1)
-    _, th, tw, hh, hw, halo_lanes, out_lanes = best
-    lanes = max(halo_lanes, out_lanes)
+            per_tap = 2 * lanes / 32 + 1
+            yield (tiles * (lanes * pw_cost + out_lanes * per_tap * taps + TILE_OVERHEAD), lanes, True, th, tw, hh, hw)
+
+
+@functools.lru_cache(maxsize=1024)
+def plan_forward(g: Geometry, variant: str = "") -> ForwardPlan:
+    """The cheapest forward tile (by the estimate of _candidates) for geometry g.
+
+    variant: "" (cheapest of both), "flat" or "separable" (tests and tuning pin one)."""
+    if variant not in ("", "flat", "separable"):
+        raise ValueError(f"variant must be '', 'flat' or 'separable', got {variant!r}")
+    cands = (c for c in _candidates(g) if not variant or c[2] == (variant == "flat"))
+    best = min(cands, key=lambda c: c[:2], default=None)
+    if best is None:
+        raise ValueError(unsupported_reason(g) or f"no forward tile fits geometry {g}")
+    _, lanes, flat, th, tw, hh, hw = best
+    out_h, out_w = (0, 0) if flat else (next_pow2(th), next_pow2(tw))
+    out_lanes = next_pow2(th * tw) if flat else out_h * out_w
     block_co = _dot_block(g.C_out, 64)
-    while block_co > 16 and lanes * block_co > MAX_TILE_VALUES:
+    while block_co > 16 and max(lanes, out_lanes) * block_co > MAX_TILE_VALUES:
         block_co //= 2
     return ForwardPlan(
-        th=th, tw=tw, halo_h=hh, halo_w=hw, halo_lanes=halo_lanes, out_lanes=out_lanes,
-        tiles_h=cdiv(g.Ho, th), tiles_w=cdiv(g.Wo, tw), block_co=block_co, block_ci=block_ci,
-        num_warps=8 if lanes * block_co >= 4096 else 4,
+        flat=flat, th=th, tw=tw, halo_h=hh, halo_w=hw, halo_lanes=lanes, out_h=out_h, out_w=out_w,
+        out_lanes=out_lanes, tiles_h=cdiv(g.Ho, th), tiles_w=cdiv(g.Wo, tw), block_co=block_co,
+        block_ci=_dot_block(g.C_in, 32), num_warps=8 if lanes * block_co >= 4096 else 4,
     )
 
 
@@ -142,7 +180,3 @@ def weight_grad_groups(g: Geometry, plan: BackwardPlan, co_blocks: int, ci_block
 
 def taps_pow2(g: Geometry) -> int:
     return next_pow2(g.kh * g.kw)
-
-
-def log2(v: int) -> int:
-    return int(math.log2(v))
