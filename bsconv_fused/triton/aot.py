@@ -29,7 +29,7 @@ _TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: 
 def _signature(launch) -> Tuple[Dict[str, str], Dict[str, object]]:
     fn = launch.kernel
     names = list(fn.arg_names)
-    consts = {k: v for k, v in launch.meta.items() if k in names}
+    consts = {k: v for k, v in launch.meta.items() if k in names}  # num_warps / num_stages are options
     runtime = [n for n in names if n not in consts]
     if len(runtime) != len(launch.args):
         raise ValueError(f"{fn.__name__}: {len(launch.args)} runtime args for {len(runtime)} parameters")
@@ -55,7 +55,7 @@ def compile_launch(launch, arch: int):
 
     sig, consts = _signature(launch)
     src = triton.compiler.ASTSource(fn=launch.kernel, signature=sig, constexprs=consts)
-    options = {"num_warps": launch.meta.get("num_warps", 4)}
+    options = {k: launch.meta[k] for k in ("num_warps", "num_stages") if k in launch.meta}
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 

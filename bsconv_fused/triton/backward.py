@@ -108,12 +108,12 @@ def bsconv_bwd_w_kernel(
     C_in, C_out, H, W, Ho, Wo,
     sgn, sgc, sgh, sgw,
     sxn, sxc, sxh, sxw,
-    utiles_w, utiles_per_img, total_tiles, tiles_per_group, ci_blocks, ci_block0,
+    utiles_w, utiles_per_img, total_tiles, tiles_per_group, ci_blocks, ci_start,
     PH, PW,
     KH: tl.constexpr, KW: tl.constexpr, TAPS: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     QH: tl.constexpr, QW: tl.constexpr, LANES: tl.constexpr,
-    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_K: tl.constexpr,
     NEED_DPW: tl.constexpr, NEED_DDW: tl.constexpr, NEED_DBIAS: tl.constexpr, NEED_DMID: tl.constexpr,
     HAS_MID: tl.constexpr, LEAD: tl.constexpr,
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
@@ -123,11 +123,11 @@ def bsconv_bwd_w_kernel(
     pid_c = tl.program_id(0)
     grp = tl.program_id(1)
     pid_co = pid_c // ci_blocks
-    pid_ci = pid_c % ci_blocks + ci_block0
+    pid_ci = pid_c % ci_blocks
 
     co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     co_ok = co < C_out
-    ci_blk = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    ci_blk = ci_start + pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
     ci_blk_ok = ci_blk < C_in
     q = tl.arange(0, LANES)
     taps = tl.arange(0, TAPS)
@@ -152,8 +152,9 @@ def bsconv_bwd_w_kernel(
 
         if NEED_DDW and LEAD:
             t = tl.zeros((LANES, BLOCK_CO), dtype=tl.float32)
-            for ci0 in range(0, C_in, BLOCK_CI):
-                ci = ci0 + tl.arange(0, BLOCK_CI)
+            # the recomputation of t walks C_in in chunks of BLOCK_K (smaller than the d_pw block: registers)
+            for ci0 in range(0, C_in, BLOCK_K):
+                ci = ci0 + tl.arange(0, BLOCK_K)
                 ci_ok = ci < C_in
                 xt = tl.load(x_pix[:, None] + ci[None, :].to(tl.int64) * sxc, mask=q_ok[:, None] & ci_ok[None, :],
                              other=0.0)

@@ -109,28 +109,34 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
     upcast, precision = _dtype_flags(x.dtype)
     empty = x.new_empty((0,))
     common = dict(KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
-                  QH=p.qh, QW=p.qw, LANES=p.lanes, BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci,
+                  QH=p.qh, QW=p.qw, LANES=p.lanes, BLOCK_CO=p.block_co,
                   UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps)
-    co_blocks, ci_blocks = cdiv(g.C_out, p.block_co), cdiv(g.C_in, p.block_ci)
+    co_blocks = cdiv(g.C_out, p.block_co)
     launches = []
     dx = empty
     if need_dx:
         dx = empty_output(x, x.shape)
         tiles = p.tiles_h * p.tiles_w
         launches.append(Launch(
-            bsconv_bwd_dx_kernel, (ci_blocks * g.N * tiles,),
+            bsconv_bwd_dx_kernel, (cdiv(g.C_in, p.block_ci) * g.N * tiles,),
             (grad_y, pw, dw, dx,
              g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
              *grad_y.stride(), *dx.stride(),
              p.tiles_w, tiles,
              g.padding[0], g.padding[1]),
-            dict(common),
+            dict(common, BLOCK_CI=p.block_ci),
         ))
     parts = [empty] * 4
     if need_dpw or need_ddw or need_db or need_dm:
         utiles = p.utiles_h * p.utiles_w
         total = g.N * utiles
-        groups = weight_grad_groups(g, p, co_blocks, ci_blocks, _sm_count(x))
+        # launch 1 (LEAD): the first C_in block of d_pw (narrow: it also holds the recomputed t) with the
+        # per-channel reductions; launch 2: the remaining C_in of d_pw in wide blocks
+        rest = max(0, g.C_in - p.block_k)
+        blocks = [(0, 1, p.block_k, True)]
+        if need_dpw and rest:
+            blocks.append((p.block_k, cdiv(rest, p.block_ci_w), p.block_ci_w, False))
+        groups = weight_grad_groups(g, p, co_blocks, sum(b[1] for b in blocks), _sm_count(x))
         per_group = cdiv(total, groups)
         groups = cdiv(total, per_group)
 
@@ -141,20 +147,17 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
                  part(g.C_out) if need_db else empty, part(g.C_out) if need_dm else empty]
         flags = dict(NEED_DPW=need_dpw, NEED_DDW=need_ddw, NEED_DBIAS=need_db, NEED_DMID=need_dm,
                      HAS_MID=mid_bias is not None, TAPS=taps_pow2(g))
-        # launch 1: C_in block 0 with the per-channel reductions; launch 2: the remaining C_in blocks of d_pw
-        blocks = [(0, 1, True)]
-        if need_dpw and ci_blocks > 1:
-            blocks.append((1, ci_blocks - 1, False))
-        for ci0, nci, lead in blocks:
+        for ci_start, nci, block_ci, lead in blocks:
             launches.append(Launch(
                 bsconv_bwd_w_kernel, (co_blocks * nci, groups),
                 (grad_y, x, pw, dw, mid_bias if mid_bias is not None else dw,
                  *parts,
                  g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
                  *grad_y.stride(), *x.stride(),
-                 p.utiles_w, utiles, total, per_group, nci, ci0,
+                 p.utiles_w, utiles, total, per_group, nci, ci_start,
                  g.padding[0], g.padding[1]),
-                dict(LEAD=lead, **flags, **common),
+                # no software pipelining: its multi-buffered copies of the tile loop spill the LEAD kernel
+                dict(LEAD=lead, BLOCK_CI=block_ci, BLOCK_K=p.block_k, num_stages=1, **flags, **common),
             ))
 
     def finish():

@@ -63,7 +63,9 @@ class BackwardPlan:
     utiles_h: int  # over max(input, output) extent (weight kernel: d_bias reads every output pixel)
     utiles_w: int
     block_co: int
-    block_ci: int
+    block_ci: int  # dx kernel: C_in block of the dx tile
+    block_ci_w: int  # weight kernel: C_in block of d_pw (the C_in blocks each regenerate dt from dy)
+    block_k: int  # weight kernel: C_in chunk of the recomputed intermediate
     num_warps: int
 
 
@@ -162,7 +164,9 @@ def plan_backward(g: Geometry) -> BackwardPlan:
         qh=qh, qw=qw, lanes=next_pow2(qh * qw),
         tiles_h=cdiv(g.H, qh), tiles_w=cdiv(g.W, qw),
         utiles_h=cdiv(max(g.H, g.Ho), qh), utiles_w=cdiv(ext_w, qw),
-        block_co=_dot_block(g.C_out, 32), block_ci=_dot_block(g.C_in, 32),
+        # wide C_in blocks: every C_in block regenerates dt from K*K shifted loads of dy
+        block_co=_dot_block(g.C_out, 32), block_ci=_dot_block(g.C_in, 128), block_ci_w=_dot_block(g.C_in, 64),
+        block_k=_dot_block(g.C_in, 32),
         num_warps=8,
     )
 
