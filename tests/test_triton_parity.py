@@ -105,3 +105,16 @@ def test_64bit_offsets(triton_device):
     for a, b in zip(g, rg):
         assert (a.double() - b).abs().max().item() <= 4e-3 * max(1.0, b.abs().max().item())
     del store
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (realistic sizes are too slow for the interpreter)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", [
+    dict(N=8, C_in=64, C_out=128, H=56, W=56, k=(3, 3), padding=(1, 1)),
+    dict(N=8, C_in=128, C_out=256, H=28, W=28, k=(3, 3), stride=(2, 2), padding=(1, 1)),
+    dict(N=4, C_in=512, C_out=512, H=7, W=7, k=(5, 5), padding=(2, 2)),
+    dict(N=2, C_in=32, C_out=64, H=112, W=112, k=(3, 3), padding=(1, 1), layout="channels_last"),
+], ids=["64-128@56", "128-256@28s2", "512@7k5", "32-64@112cl"])
+def test_realistic_sizes_on_gpu(shape, dtype):
+    # accumulations over up to 512 channels x 25 taps: fp32 allows for TF32 like cuDNN
+    check(Case(dtype=dtype, **shape), fused, "cuda")
