@@ -134,8 +134,8 @@ def available_backends() -> Dict[str, BackendStatus]:
     }
 
 
-def _why_not(name: str, x: torch.Tensor) -> Optional[str]:
-    """None if backend ``name`` can run a call on tensors like ``x``, else the reason it cannot."""
+def _why_not(name: str, x: torch.Tensor, geometry=None) -> Optional[str]:
+    """None if backend ``name`` can run a call on tensors like ``x`` (and of ``geometry``), else why it cannot."""
     dev, dt = x.device.type, x.dtype
     if name == "torch":
         return None
@@ -149,6 +149,10 @@ def _why_not(name: str, x: torch.Tensor) -> Optional[str]:
             return f"the Triton backend runs on CUDA tensors, x is on {x.device}"
         if dt not in TRITON_DTYPES:
             return f"the Triton kernels support float16, bfloat16 and float32, not {dt}"
+        if geometry is not None:
+            from .triton.plan import unsupported_reason
+
+            return unsupported_reason(geometry)
         return None
     if name == "cuda":
         err = _ext_reason()
@@ -169,8 +173,10 @@ def _why_not(name: str, x: torch.Tensor) -> Optional[str]:
     raise AssertionError(name)
 
 
-def choose(requested: str, x: torch.Tensor) -> str:
-    """Resolve ``requested`` ("auto" or a backend name) to the backend that runs this call."""
+def choose(requested: str, x: torch.Tensor, geometry=None) -> str:
+    """Resolve ``requested`` ("auto" or a backend name) to the backend that runs this call.
+
+    geometry: the call's validated bsconv_fused._shapes.Geometry, for limits that depend on the layer."""
     if requested not in CHOICES:
         raise ValueError(f"backend must be one of {CHOICES}, got {requested!r}")
     if requested == "auto":
@@ -180,7 +186,7 @@ def choose(requested: str, x: torch.Tensor) -> str:
                 raise ValueError(f"environment variable {ENV_VAR} must be one of {CHOICES}, got {env!r}")
             requested = env
     if requested != "auto":
-        why = _why_not(requested, x)
+        why = _why_not(requested, x, geometry)
         if why is not None:
             raise BackendUnavailableError(
                 f"backend {requested!r} cannot run this call: {why}. Use backend='auto' to fall back to the "
@@ -189,7 +195,7 @@ def choose(requested: str, x: torch.Tensor) -> str:
     candidates = GPU_PREFERENCE if x.device.type == "cuda" else ("cuda",)
     reasons = []
     for name in candidates:
-        why = _why_not(name, x)
+        why = _why_not(name, x, geometry)
         if why is None:
             return name
         reasons.append(f"{name}: {why}")

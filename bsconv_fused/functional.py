@@ -64,7 +64,7 @@ def bsconv_u(
         cast = lambda t: t.to(low) if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t  # noqa: E731
         x, pw_weight, dw_weight, bias, mid_bias = map(cast, (x, pw_weight, dw_weight, bias, mid_bias))
     g = validate(x, pw_weight, dw_weight, bias, mid_bias, stride, padding, dilation)
-    name = backends.choose(backend, x)
+    name = backends.choose(backend, x, g)
     if name == "torch":
         return bsconv_u_reference(x, pw_weight, dw_weight, bias, g.stride, g.padding, g.dilation, mid_bias=mid_bias)
     op = _forward_op(name)

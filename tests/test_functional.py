@@ -88,7 +88,8 @@ def test_triton_rejects_float64_explicitly(monkeypatch):
 def test_auto_falls_back_with_one_warning_per_reason(monkeypatch):
     monkeypatch.setattr(backends, "_warned", set())
     # force every fused backend to be unavailable for this call
-    monkeypatch.setattr(backends, "_why_not", lambda name, x: None if name == "torch" else f"{name} is off in this test")
+    monkeypatch.setattr(backends, "_why_not",
+                        lambda name, x, g=None: None if name == "torch" else f"{name} is off in this test")
     x, pw, dw, b = _inputs()
     with pytest.warns(FallbackWarning, match="cuda is off in this test"):
         y = bsconv_u(x, pw, dw, b, padding=1)
@@ -132,3 +133,12 @@ def test_autocast_runs_in_lower_precision_like_conv2d(triton_device):
         y = bsconv_u(x, pw, dw, b, padding=1, backend="triton")
         ref = torch.nn.functional.conv2d(x, pw)  # what autocast does to the unfused path
     assert y.dtype == ref.dtype == dtype
+
+
+def test_triton_rejects_a_kernel_span_beyond_its_tile(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(1, 2, 40, 40)
+    pw, dw = torch.randn(4, 2, 1, 1), torch.randn(4, 1, 7, 7)
+    with pytest.raises(BackendUnavailableError, match="dilated kernel spans 31x31"):
+        bsconv_u(x, pw, dw, None, 1, 15, 5, backend="triton")
