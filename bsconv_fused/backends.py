@@ -30,7 +30,7 @@ GPU_PREFERENCE = ("triton", "cuda")
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 EXT_CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-EXT_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+EXT_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 class FallbackWarning(UserWarning):
@@ -167,7 +167,7 @@ def _why_not(name: str, x: torch.Tensor, geometry=None) -> Optional[str]:
             return None
         if dev == "cpu":
             if dt not in EXT_CPU_DTYPES:
-                return f"the extension's CPU kernels support float32, float64 and bfloat16, not {dt}"
+                return f"the extension's CPU kernels support float32, float64, bfloat16 and float16, not {dt}"
             return None
         return f"the compiled extension runs on CPU and CUDA tensors, x is on {x.device}"
     raise AssertionError(name)

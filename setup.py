@@ -1,0 +1,166 @@
+"""Build script: the pure-Python package always, plus the compiled extension bsconv_fused._C when it can be built.
+
+What gets built (metadata lives in pyproject.toml):
+- CUDAExtension (CUDA + CPU kernels) when the importable torch has CUDA and nvcc is found,
+- CppExtension (CPU kernels only) when torch has no CUDA, nvcc is missing, or BSCONV_FUSED_CPU_ONLY=1,
+- nothing (pure Python: Triton + reference) when BSCONV_FUSED_SKIP_BUILD=1 or torch is not importable at build
+  time (an isolated pip build: use `pip install --no-build-isolation ...`).
+
+Knobs (environment variables):
+  BSCONV_FUSED_SKIP_BUILD=1   pure-Python install, no compiler needed
+  BSCONV_FUSED_CPU_ONLY=1     build the CPU kernels only, even when CUDA is available
+  BSCONV_FUSED_FORCE_BUILD=1  fail instead of installing pure Python when torch is not importable
+  BSCONV_FUSED_FORCE_CUDA=1   fail instead of falling back to a CPU-only build when CUDA cannot be built
+  TORCH_CUDA_ARCH_LIST        e.g. "8.0;9.0" (default: the visible GPUs, else a list that suits the nvcc found)
+  MAX_JOBS                    parallel compile jobs (ninja)
+  CUDA_HOME                   CUDA toolkit root (default: /usr/local/cuda when it exists)
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _log(msg: str) -> None:
+    print(f"bsconv_fused setup: {msg}", file=sys.stderr)
+
+
+def _find_cuda_home() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home:
+        return home
+    # torch.utils.cpp_extension guesses from `which nvcc`, which is a wrapper script on some machines (it then
+    # guesses /usr/local): prefer the conventional toolkit root.
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    return None
+
+
+def _nvcc_version(cuda_home: str) -> tuple[int, int] | None:
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _default_arch_list(version: tuple[int, int]) -> str:
+    """Ampere and newer (the kernels use mma / bf16), with PTX for the newest so later GPUs can JIT."""
+    if version >= (12, 8):
+        return "8.0;9.0;10.0;12.0+PTX"
+    if version >= (11, 8):
+        return "8.0;9.0+PTX"
+    return "8.0+PTX"
+
+
+def _sources(*patterns: str) -> list[str]:
+    out: list[str] = []
+    for pattern in patterns:
+        out += sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+    return out
+
+
+def _extensions():
+    """(ext_modules, cmdclass) for this environment; ([], {}) for a pure-Python install."""
+    if _flag("BSCONV_FUSED_SKIP_BUILD"):
+        _log("BSCONV_FUSED_SKIP_BUILD=1: pure-Python install (Triton + reference backends)")
+        return [], {}
+    try:
+        import torch
+    except ImportError:
+        if _flag("BSCONV_FUSED_FORCE_BUILD"):
+            raise RuntimeError("BSCONV_FUSED_FORCE_BUILD=1 but torch is not importable at build time; install torch "
+                               "first and build with `pip install --no-build-isolation ...`")
+        _log("torch is not importable at build time: pure-Python install. For the compiled extension install torch, "
+             "then `pip install --no-build-isolation -e .`")
+        return [], {}
+
+    cuda_home = None
+    why_no_cuda = None
+    if _flag("BSCONV_FUSED_CPU_ONLY"):
+        why_no_cuda = "BSCONV_FUSED_CPU_ONLY=1"
+    elif torch.version.cuda is None:
+        why_no_cuda = f"torch {torch.__version__} is a build without CUDA"
+    else:
+        cuda_home = _find_cuda_home()
+        if cuda_home is None or not os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
+            why_no_cuda = f"nvcc not found (CUDA_HOME={cuda_home or 'unset'}); set CUDA_HOME to the toolkit root"
+            cuda_home = None
+        elif not _sources("csrc/cuda/*.cu"):
+            why_no_cuda = "no CUDA sources in csrc/cuda"
+            cuda_home = None
+    if why_no_cuda and _flag("BSCONV_FUSED_FORCE_CUDA"):
+        raise RuntimeError(f"BSCONV_FUSED_FORCE_CUDA=1 but the CUDA extension cannot be built: {why_no_cuda}")
+
+    if cuda_home is not None:
+        # Must be set before torch.utils.cpp_extension is imported: it resolves CUDA_HOME at import time.
+        os.environ["CUDA_HOME"] = cuda_home
+    from torch.utils import cpp_extension
+
+    # No loop-to-memcpy/memset rewriting: it turns the per-pixel channel loops into library calls and pushes the
+    # register-blocked accumulators of the depthwise stencil to memory.
+    cxx_flags = ["-O3", "-g0", "-ffp-contract=fast", "-fno-tree-loop-distribute-patterns"]
+    link_flags: list[str] = []
+    if sys.platform.startswith("linux"):
+        # ATen's parallel_for is an inline OpenMP region: it only runs in parallel when we compile with OpenMP.
+        # The libgomp we link resolves to the one torch has already loaded (same soname).
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
+    sources = _sources("csrc/bsconv_fused.cpp", "csrc/cpu/*.cpp")
+
+    if cuda_home is not None:
+        cpp_extension.CUDA_HOME = cuda_home
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            version = _nvcc_version(cuda_home) or (12, 0)
+            os.environ["TORCH_CUDA_ARCH_LIST"] = _default_arch_list(version)
+            _log(f"no GPU visible and TORCH_CUDA_ARCH_LIST unset: building for {os.environ['TORCH_CUDA_ARCH_LIST']}")
+        nvcc_flags = [
+            "-O3",
+            "-lineinfo",
+            # The kernels are torch-free and use the CUDA half/bfloat16 operators, which torch's defaults disable.
+            "-U__CUDA_NO_HALF_OPERATORS__",
+            "-U__CUDA_NO_HALF_CONVERSIONS__",
+            "-U__CUDA_NO_HALF2_OPERATORS__",
+            "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+        ]
+        ext = cpp_extension.CUDAExtension(
+            name="bsconv_fused._C",
+            sources=sources + _sources("csrc/glue/cuda_*.cpp", "csrc/cuda/*.cu"),
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            define_macros=[("BSCONV_FUSED_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=link_flags,
+        )
+        _log(f"building the CUDA extension (CUDA_HOME={cuda_home}, "
+             f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '<visible GPUs>')})")
+    else:
+        ext = cpp_extension.CppExtension(
+            name="bsconv_fused._C",
+            sources=sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
+        )
+        _log(f"building the CPU-only extension ({why_no_cuda})")
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
