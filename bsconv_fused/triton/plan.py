@@ -159,9 +159,10 @@ def plan_backward(g: Geometry) -> BackwardPlan:
     # than 32 so the last column tile is not mostly empty.
     ext_w = max(g.W, g.Wo)
     qw = ext_w if ext_w <= 32 else cdiv(ext_w, cdiv(ext_w, 32))
-    qh = max(1, BWD_LANES // qw)
+    # no taller than the image (a 7x7 map fills 64 lanes, not 49 of 128), at least 16 lanes (tl.dot)
+    qh = max(1, min(BWD_LANES // qw, max(g.H, g.Ho)))
     return BackwardPlan(
-        qh=qh, qw=qw, lanes=next_pow2(qh * qw),
+        qh=qh, qw=qw, lanes=max(16, next_pow2(qh * qw)),
         tiles_h=cdiv(g.H, qh), tiles_w=cdiv(g.W, qw),
         utiles_h=cdiv(max(g.H, g.Ho), qh), utiles_w=cdiv(ext_w, qw),
         # wide C_in blocks: every C_in block regenerates dt from K*K shifted loads of dy
