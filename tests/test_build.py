@@ -116,7 +116,12 @@ def test_pure_python_wheel(tmp_path):
         names = zf.namelist()
         assert not [n for n in names if n.endswith((".so", ".pyd"))], names
         zf.extractall(tmp_path / "site")
+    # An editable install of the checkout (what scripts/setup_env.sh makes) puts a finder on sys.meta_path that
+    # would still resolve bsconv_fused._C to the checkout's build: drop it so only the wheel's files are seen.
     code = """
+import sys
+sys.meta_path = [f for f in sys.meta_path if "__editable__" not in (getattr(f, "__module__", "") or "")
+                 and "__editable__" not in type(f).__module__]
 import bsconv_fused
 print(bsconv_fused.__file__)
 print(bsconv_fused.available_backends()["cuda"].reason)
