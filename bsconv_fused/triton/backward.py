@@ -12,15 +12,12 @@ depthwise weight gradient: ddw[o, k] = sum_q t[q, o] * dy[p(q, k), o].
   sums to its own slot, and the launcher reduces the slots in a fixed order: deterministic, no atomics. The
   intermediate t (for d_dw) is recomputed from x with tl.dot, only by the C_in-block-0 programs.
 
-Traffic of both kernels together, counted with the interpreter (N=1, fp32, all of dx, d_pw, d_dw, d_bias):
-| layer              | unique loads | x + dy + pw + dw | unique stores | dx + partials | requested / unique | dot / pw |
-| 64->128 @28, K3 s1 | 639,488      | 639,488          | 465,920       | 200,704 + 265,216 | 8.94           | 3.43 |
-| 32->64 @56, K5 s1  | 1,218,816    | 1,218,816        | 817,152       | 401,408 + 415,744 | 20.87          | 3.43 |
-Loads are exactly x, dy and the weights; dt and t never reach memory. The stores are dx plus the fp32 group
-partials of the weight gradients (one slot per group, at most 64 MiB, reduced in a fixed order); at N=1 they are as
-large as dx, at training batch sizes the group count is capped by the SM count so they shrink relative to dx.
-Requested/unique is the K*K shifted reads of dy (L1/L2 hits on a GPU). dot FLOPs: dx, d_pw and the recomputed t,
-3x the pointwise FLOPs, times the tile's lane padding (112 of 128 lanes at width 28).
+Traffic of both kernels together, counted through the interpreter (benchmarks/results/traffic.md, N=1, fp32):
+unique bytes are 1.03-1.83x the two-kernel bound of performance.md (each kernel reads x and dy once; the rest is the
+fp32 group partials of the weight gradients, large relative to dx at N=1 only: their count is capped by the SM
+count, not the batch); tl.dot work is 3.4-4.1x the pointwise GEMM against an ideal of 3 (dx, d_pw and the
+recomputed t, times the lane padding of the tile). Requested bytes are several times the unique ones: the K*K
+shifted reads of dy, L1/L2 hits on a GPU. dt and t never reach memory.
 """
 import triton
 import triton.language as tl

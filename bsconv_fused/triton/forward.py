@@ -13,15 +13,18 @@ One program = one image, one output tile (TH x TW), one block of BLOCK_CO output
      shuffles per element); for small maps, where a power-of-two tile would mostly recompute padding.
 4. bias epilogue, store in y's strides (NCHW, channels_last or any view).
 
-Traffic, counted with the interpreter (../shared/tools/triton_traffic.py; N=1, fp32, padding K//2, bias):
-| layer              | unique bytes      | = x + weights + y | requested / unique | dot FLOPs / pointwise FLOPs |
-| 64->128 @28, K3 s1 | 640,000           | 640,000           | 1.58               | 1.31 |
-| 64->128 @28, K3 s2 | 338,944           | 338,944           | 2.01               | 1.31 |
-| 32->64 @56, K5 s1  | 1,219,072         | 1,219,072         | 1.68               | 2.29 |
-Nothing but x, the weights and y touches memory (the fused bound); the pointwise work is the halo overhead of the
-tile plan (1.31x for 3x3, not 9x), and re-reads (requested > unique) are halo overlap and channel blocks sharing an
-x tile, served by L2 on a GPU. The 5x5 plan trades pointwise recomputation (cheap on tensor cores) for fewer idle
-depthwise lanes. Regenerate with the benchmark suite's traffic report (`python -m bsconv_fused` on a CPU machine).
+Traffic, counted through the interpreter (benchmarks/results/traffic.md, N=1, fp32, real channel counts):
+| layer              | unique / (x + weights + y) | requested / bound | dot FLOPs / pointwise FLOPs |
+| 32->64 @56, K3 s1  | 1.00                       | 1.61              | 1.31 |
+| 128->128 @28, K3   | 1.00                       | 2.89              | 1.31 |
+| 256->256 @28, K3   | 1.00                       | 4.93              | 1.31 |
+| 128->256 @28, K3 s2| 1.00                       | 5.99              | 1.31 |
+| 128->128 @28, K5   | 1.00                       | 4.46              | 2.29 |
+| 1024->1024 @7, K3  | 1.00                       | 2.76              | 2.61 |
+Nothing but x, the weights and y touches memory (the fused bound) on every layer; the pointwise work is the halo
+overhead of the tile plan (1.31x for 3x3, not 9x); requested > unique is the halo overlap and the C_out blocks that
+each re-read their x tile (L2 hits on a GPU: the channel block is the fastest grid axis). 7x7 maps pay 2.61x: a 9x9
+halo in 128 lanes. Regenerate: `python -m bsconv_fused.bench.traffic_report --markdown benchmarks/results/traffic.md`.
 """
 import triton
 import triton.language as tl
