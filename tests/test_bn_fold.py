@@ -13,20 +13,14 @@ import torch
 from torch import nn
 
 from bsconv_fused.modules import BSConvS, BSConvU
+from module_helpers import randomize as _randomize
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 
 
 def randomize(module: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None:
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g, dtype=m.running_mean.dtype) * 2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, dtype=m.running_var.dtype) * 3 + 0.2)
-    return module
+    # wider statistics than the state_dict tests: the fold must hold far from the identity
+    return _randomize(module, seed, mean_scale=2.0, var_scale=3.0, var_floor=0.2)
 
 
 def two_layer(module: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

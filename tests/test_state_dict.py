@@ -15,22 +15,9 @@ import torch
 from torch import nn
 
 from bsconv_fused.modules import BSConvS, BSConvU
+from module_helpers import randomize
 
 TOL = dict(rtol=1e-10, atol=1e-12)
-
-
-def randomize(module: nn.Module, seed: int) -> nn.Module:
-    """Give every parameter and BN statistic non-trivial values (default BN stats would hide a wrong fold)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None:
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g, dtype=m.running_mean.dtype))
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, dtype=m.running_var.dtype) * 2 + 0.3)
-                m.num_batches_tracked.fill_(7)
-    return module
 
 
 CONFIGS = [
