@@ -22,6 +22,19 @@ from bsconv_fused.reference import bsconv_u_reference
 TOL = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float64: 1e-10}
 GRAD_NAMES = ("x", "pw_weight", "dw_weight", "bias", "mid_bias")
 
+# The coverage every backend's parity tests walk (issue 2, item 1)
+KERNELS = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (1, 3), (3, 1), (2, 5), (7, 2)]
+STRIDE_PADDING_DILATION = [
+    ((2, 2), (1, 1), (1, 1)),
+    ((1, 2), (0, 1), (1, 1)),
+    ((3, 3), (2, 0), (1, 1)),
+    ((1, 1), (0, 0), (1, 1)),
+    ((1, 1), (2, 2), (2, 2)),
+    ((2, 1), (1, 3), (1, 3)),
+    ((2, 2), (3, 3), (1, 1)),  # padding beyond the kernel reach: border outputs see only the biases
+    ((4, 3), (0, 0), (1, 1)),  # stride larger than the kernel: some t rows/columns feed no output (dx = 0 there)
+]
+
 
 @dataclass
 class Case:

@@ -15,14 +15,13 @@ import torch
 
 from bsconv_fused import _ext, bsconv_u, cpp_ops
 from bsconv_fused.reference import bsconv_u_reference
-from parity import GRAD_NAMES, Case, check, make_grad, make_inputs
+from parity import Case, GRAD_NAMES, KERNELS, STRIDE_PADDING_DILATION, check, make_grad, make_inputs
 
 pytestmark = pytest.mark.skipif(not cpp_ops.available(), reason=f"extension unavailable: {cpp_ops.reason()}")
 
 fused = functools.partial(bsconv_u, backend="cuda")
 F64 = torch.float64
 
-KERNELS = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (1, 3), (3, 1), (2, 5), (7, 2)]
 
 
 # ------------------------------------------------------------------------------------ parity with the reference
@@ -31,16 +30,7 @@ def test_kernel_sizes(k):
     check(Case(k=k, padding=(k[0] // 2, k[1] // 2), H=8, W=9, dtype=F64), fused, "cpu")
 
 
-@pytest.mark.parametrize("stride,padding,dilation", [
-    ((2, 2), (1, 1), (1, 1)),
-    ((1, 2), (0, 1), (1, 1)),
-    ((3, 3), (2, 0), (1, 1)),
-    ((1, 1), (0, 0), (1, 1)),
-    ((1, 1), (2, 2), (2, 2)),
-    ((2, 1), (1, 3), (1, 3)),
-    ((2, 2), (3, 3), (1, 1)),  # padding beyond the kernel reach: border outputs see only the biases
-    ((4, 3), (0, 0), (1, 1)),  # stride larger than the kernel: some t rows/columns feed no output (dx = 0 there)
-], ids=str)
+@pytest.mark.parametrize("stride,padding,dilation", STRIDE_PADDING_DILATION, ids=str)
 def test_stride_padding_dilation(stride, padding, dilation):
     check(Case(stride=stride, padding=padding, dilation=dilation, H=11, W=10, dtype=F64), fused, "cpu")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bsconv_fused import _ext, bsconv_u, cpp_ops
-from parity import Case, check, make_inputs
+from parity import Case, KERNELS, STRIDE_PADDING_DILATION, check, make_inputs
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"),
@@ -20,7 +20,6 @@ pytestmark = [
 ]
 
 fused = functools.partial(bsconv_u, backend="cuda")
-KERNELS = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (1, 3), (3, 1), (2, 5), (7, 2)]
 
 
 @pytest.mark.parametrize("k", KERNELS, ids=lambda k: f"k{k[0]}x{k[1]}")
@@ -28,15 +27,7 @@ def test_kernel_sizes(k):
     check(Case(k=k, padding=(k[0] // 2, k[1] // 2), H=8, W=9), fused, "cuda")
 
 
-@pytest.mark.parametrize("stride,padding,dilation", [
-    ((2, 2), (1, 1), (1, 1)),
-    ((1, 2), (0, 1), (1, 1)),
-    ((3, 3), (2, 0), (1, 1)),
-    ((1, 1), (2, 2), (2, 2)),
-    ((2, 1), (1, 3), (1, 3)),
-    ((2, 2), (3, 3), (1, 1)),
-    ((4, 3), (0, 0), (1, 1)),
-], ids=str)
+@pytest.mark.parametrize("stride,padding,dilation", STRIDE_PADDING_DILATION, ids=str)
 def test_stride_padding_dilation(stride, padding, dilation):
     check(Case(stride=stride, padding=padding, dilation=dilation, H=11, W=10), fused, "cuda")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bsconv_fused import bsconv_u
-from parity import Case, check
+from parity import Case, KERNELS, STRIDE_PADDING_DILATION, check
 
 triton = pytest.importorskip("triton")
 
@@ -22,7 +22,6 @@ def forward_variant(request, monkeypatch):
     monkeypatch.setenv("BSCONV_FUSED_TRITON_FWD", request.param)
     return request.param
 
-KERNELS = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (1, 3), (3, 1), (2, 5), (7, 2)]
 
 
 @pytest.mark.parametrize("k", KERNELS, ids=lambda k: f"k{k[0]}x{k[1]}")
@@ -30,15 +29,7 @@ def test_kernel_sizes(k, triton_device):
     check(Case(k=k, padding=(k[0] // 2, k[1] // 2), H=8, W=9), fused, triton_device)
 
 
-@pytest.mark.parametrize("stride,padding,dilation", [
-    ((2, 2), (1, 1), (1, 1)),
-    ((1, 2), (0, 1), (1, 1)),
-    ((3, 3), (2, 0), (1, 1)),
-    ((1, 1), (0, 0), (1, 1)),
-    ((1, 1), (2, 2), (2, 2)),
-    ((2, 1), (1, 3), (1, 3)),
-    ((2, 2), (3, 3), (1, 1)),  # padding larger than the kernel reach: output border sees only the biases
-], ids=str)
+@pytest.mark.parametrize("stride,padding,dilation", STRIDE_PADDING_DILATION, ids=str)
 def test_stride_padding_dilation(stride, padding, dilation, triton_device):
     check(Case(stride=stride, padding=padding, dilation=dilation, H=11, W=10), fused, triton_device)
 
