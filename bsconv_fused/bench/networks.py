@@ -131,8 +131,8 @@ def run_case(case: NetCase, device: torch.device, contenders: Sequence[NetConten
     fields = dict(dtype=case.dtype, N=case.N, H=case.size, W=case.size, layer=case.model)
     rows: List[Row] = []
     eager_err: Dict[str, float] = {}
-    # the eager NCHW path first: its error sets the bar for the others
-    order = sorted(contenders, key=lambda c: c.name != "torch-nchw")
+    # the eager paths first: their errors set the bar for the others
+    order = sorted(contenders, key=lambda c: (c.name != "torch-nchw", c.name != "torch-cl"))
     for c in order:
         for d in case.directions:
             row = Row(suite, case.name, d, c.name, c.kind, OK, **fields)
@@ -148,12 +148,20 @@ def run_case(case: NetCase, device: torch.device, contenders: Sequence[NetConten
                         out = m(xin)
                     err = rel_error(out, refs["inference"])
                 else:
+                    # one error over all gradients together: per-tensor relative errors blow up on the tensors whose
+                    # gradient is tiny after a deep stack (the plain PyTorch paths showed 0.17-0.46 that way)
                     gr = _grads(m, xin, target)
-                    err = max(rel_error(a, b) for a, b in zip(gr, refs["train-step"]))
+                    err = rel_error(torch.cat([a.flatten().double() for a in gr]),
+                                    torch.cat([b.flatten() for b in refs["train-step"]]))
                 row.max_err = err
-                if c.name == "torch-nchw":
-                    eager_err[d] = err
-                bar = 2 * eager_err.get(d, 0.0) + NETWORK_FLOOR[case.dtype]
+                if c.name in ("torch-nchw", "torch-cl"):
+                    eager_err[(d, c.name)] = err
+                # a fused contender may be as far off as twice the plain PyTorch path in its own layout (PyTorch's
+                # channels_last CPU training is itself ~1000x further from float64 than NCHW: 6e-3 vs 4e-6 seen);
+                # the eager paths themselves are held to the NCHW bar
+                same_layout = "torch-cl" if c.channels_last and c.name != "torch-cl" else "torch-nchw"
+                eager_base = max(eager_err.get((d, "torch-nchw"), 0.0), eager_err.get((d, same_layout), 0.0))
+                bar = 2 * eager_base + NETWORK_FLOOR[case.dtype]
                 if not err <= bar:
                     row.status, row.note = WRONG, f"error above {bar:.1e} (2 x eager + floor)"
                     continue
