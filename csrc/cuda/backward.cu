@@ -99,12 +99,8 @@ inline DxPlan make_dx_plan(const Geometry& g, int esz) {
   p.n_cib = static_cast<int>(div_up(g.C_in, p.BN));
   p.blocks = g.N * p.tiles_h * p.tiles_w * p.n_cib;
   const int KK = g.kh * g.kw;
-  size_t off = 0;
-  auto take = [&off](size_t bytes) {
-    const size_t at = off;
-    off = align_up(off + bytes, 128);
-    return static_cast<int>(at);
-  };
+  RegionCarver smem(128);
+  auto take = [&smem](size_t bytes) { return static_cast<int>(smem.take(bytes)); };
   // The fp32 result tile c_s reuses the staging buffers once the last GEMM step is done.
   const size_t dt_bytes = align_up(size_t(kKC) * p.LDQ * esz, 128);
   const size_t w_bytes = size_t(kKC) * p.LDW * esz;
@@ -120,7 +116,7 @@ inline DxPlan make_dx_plan(const Geometry& g, int esz) {
   const size_t g_bytes = size_t(kKC) * p.GP * 4;
   p.stage_gy = g_bytes <= kGyStageBytes;
   p.off_g = take(p.stage_gy ? g_bytes : 0);
-  p.smem = static_cast<int>(off);
+  p.smem = static_cast<int>(smem.size);
   return p;
 }
 
@@ -292,12 +288,8 @@ inline DpwPlan make_dpw_plan(const Geometry& g, int esz) {
   p.LDB = kKC + 8;
   p.LDC = p.BN + 4;
   const int KK = g.kh * g.kw;
-  size_t off = 0;
-  auto take = [&off](size_t bytes) {
-    const size_t at = off;
-    off = align_up(off + bytes, 128);
-    return static_cast<int>(at);
-  };
+  RegionCarver smem(128);
+  auto take = [&smem](size_t bytes) { return static_cast<int>(smem.take(bytes)); };
   const size_t a_bytes = align_up(size_t(kDpwBM) * p.LDA * esz, 128);
   const size_t b_bytes = size_t(p.BN) * p.LDB * esz;
   const size_t c_bytes = size_t(kDpwBM) * p.LDC * 4;
@@ -306,7 +298,7 @@ inline DpwPlan make_dpw_plan(const Geometry& g, int esz) {
   p.off_c = p.off_a;
   p.off_dw = take(size_t(kDpwBM) * KK * 4);
   p.off_q = take(size_t(kKC) * (8 + 4 + 4));
-  p.smem = static_cast<int>(off);
+  p.smem = static_cast<int>(smem.size);
   return p;
 }
 
@@ -705,12 +697,8 @@ WorkspaceLayout workspace_layout(const Geometry& g, DType dtype, bool need_dpw, 
   WorkspaceLayout w;
   if (!deterministic) return w;
   const int esz = static_cast<int>(esz_of(dtype));
-  size_t off = 0;
-  auto take = [&off](size_t bytes) {
-    const size_t at = off;
-    off = align_up(off + bytes, 256);
-    return at;
-  };
+  RegionCarver ws(256);
+  auto take = [&ws](size_t bytes) { return ws.take(bytes); };
   if (need_dpw) {
     w.dpw_rows = make_dpw_plan(g, esz).splits;
     w.dpw = take(size_t(w.dpw_rows) * g.C_out * g.C_in * 4);
@@ -722,7 +710,7 @@ WorkspaceLayout workspace_layout(const Geometry& g, DType dtype, bool need_dpw, 
     if (need_dbias) w.dbias = take(plane);
     if (need_dmid) w.dmid = take(plane);
   }
-  w.total = off;
+  w.total = ws.size;
   return w;
 }
 

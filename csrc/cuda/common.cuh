@@ -41,6 +41,19 @@ __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return
 __host__ __device__ __forceinline__ int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
 __host__ __device__ __forceinline__ size_t align_up(size_t a, size_t b) { return (a + b - 1) / b * b; }
 
+// Lays consecutive regions out in one buffer (dynamic shared memory, a workspace), each start aligned to `align`
+// bytes; `size` is the bytes used so far. Host-side planning only.
+struct RegionCarver {
+  size_t align;
+  size_t size = 0;
+  explicit RegionCarver(size_t alignment) : align(alignment) {}
+  size_t take(size_t bytes) {
+    const size_t at = size;
+    size = align_up(size + bytes, align);
+    return at;
+  }
+};
+
 // Sum over the 32 lanes of a warp in a fixed order (every lane gets the result).
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

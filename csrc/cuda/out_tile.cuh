@@ -50,12 +50,8 @@ inline OutTilePlan make_out_plan(const Geometry& g, int esz, int BN, OutTileUse 
   p.n_spatial = g.N * p.tiles_h * p.tiles_w;
   p.gemm = use != OutTileUse::kWeightGradNoGemm;
   const int KK = g.kh * g.kw;
-  size_t off = 0;
-  auto take = [&off](size_t bytes) {
-    const size_t at = off;
-    off = align_up(off + bytes, 128);
-    return static_cast<int>(at);
-  };
+  RegionCarver smem(128);
+  auto take = [&smem](size_t bytes) { return static_cast<int>(smem.take(bytes)); };
   p.off_T = take(p.gemm ? size_t(BN) * p.LDT * 4 : 0);
   p.off_pix = take(size_t(p.P) * 8);
   p.off_dw = take(size_t(BN) * KK * 4);
@@ -72,7 +68,7 @@ inline OutTilePlan make_out_plan(const Geometry& g, int esz, int BN, OutTileUse 
   const bool wgrad = use == OutTileUse::kWeightGrad || use == OutTileUse::kWeightGradNoGemm;
   p.off_base = take(wgrad ? size_t(p.TOPIX) * 4 : 0);
   p.off_M = take(wgrad ? size_t(BN) * KK * 4 : 0);
-  p.smem = static_cast<int>(off);
+  p.smem = static_cast<int>(smem.size);
   return p;
 }
 
