@@ -92,9 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     at::IntArrayRef dilation, const c10::List<bool>& output_mask) {
   constexpr const char* op = "bsconv_fused::cpp_backward";
   const glue::ConvShape s =
-      glue::check_conv_args(op, x, pw, dw, std::nullopt, mid_bias, stride, padding, dilation);
-  glue::check_grad_y(op, grad_y, x, s);
-  glue::check_output_mask(op, output_mask);
+      glue::check_backward_args(op, grad_y, x, pw, dw, mid_bias, stride, padding, dilation, output_mask);
   check_cpu_dtype(op, x);
   const bool need[5] = {output_mask[0], output_mask[1], output_mask[2], output_mask[3], output_mask[4]};
   // Gradients not requested come back as empty (0,) tensors: custom ops cannot return None.

@@ -110,6 +110,18 @@ inline void check_output_mask(const char* op, const c10::List<bool>& mask) {
                     ": output_mask must have 5 entries (x, pw, dw, bias, mid_bias), got ", mask.size());
 }
 
+// Every check of a cpp_backward call (the CPU and CUDA implementations share it); returns the call's geometry.
+inline ConvShape check_backward_args(const char* op, const at::Tensor& grad_y, const at::Tensor& x,
+                                     const at::Tensor& pw, const at::Tensor& dw,
+                                     const std::optional<at::Tensor>& mid_bias, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     const c10::List<bool>& output_mask) {
+  const ConvShape s = check_conv_args(op, x, pw, dw, std::nullopt, mid_bias, stride, padding, dilation);
+  check_grad_y(op, grad_y, x, s);
+  check_output_mask(op, output_mask);
+  return s;
+}
+
 // The memory format of y and dx: x's, following bsconv_fused._shapes.suggest_memory_format (channels_last only when
 // x is channels_last-contiguous and not also NCHW-contiguous), so the fake kernels and the real ones agree.
 inline c10::MemoryFormat output_memory_format(const at::Tensor& x) {
