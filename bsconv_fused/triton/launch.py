@@ -45,15 +45,32 @@ def _sm_count(t: torch.Tensor) -> int:
     return 132  # interpreter: plan as for an H100 so CPU tests exercise the same grid shapes
 
 
+@dataclass(frozen=True)
+class Loop:
+    """One runtime loop of a kernel, as the static cost report (bsconv_fused/bench/static) sees it in the SASS.
+
+    trips: iterations per program (an average where programs differ, e.g. tiles per group)."""
+
+    name: str
+    trips: float
+
+
 @dataclass
 class Launch:
     """One kernel launch, described before it runs: the launchers run it, the ahead-of-time compile test
-    (bsconv_fused/triton/aot.py) compiles exactly it for sm_80/sm_90 without a GPU."""
+    (bsconv_fused/triton/aot.py) compiles exactly it for sm_80/sm_90 without a GPU, and the static cost report
+    counts its compiled instructions.
+
+    loops: the kernel's runtime loops (those that survive as backward branches in the SASS; static_range loops
+    are unrolled and do not count), in the order their bodies start in the code, outer before inner. The static
+    report multiplies each loop body by the product of the trips of the loops that contain it, and fails when
+    the compiled kernel has a different number of loops than declared here."""
 
     kernel: object
     grid: Tuple[int, ...]
     args: Tuple
     meta: dict = field(default_factory=dict)
+    loops: Tuple[Loop, ...] = ()
 
     def run(self) -> None:
         self.kernel[self.grid](*self.args, **self.meta)
