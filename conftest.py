@@ -10,3 +10,11 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config):
+    # A silent fallback to the two-layer path must not pass a test that meant to run a fused kernel: every
+    # FallbackWarning is an error unless a test expects it (pytest.warns) or filters it. Added here rather than in
+    # pyproject.toml: pytest imports a filter's warning class at startup, and importing bsconv_fused (hence triton)
+    # before TRITON_INTERPRET is set above would define Triton's own helpers as compiled-only functions.
+    config.addinivalue_line("filterwarnings", "error::bsconv_fused.backends.FallbackWarning")

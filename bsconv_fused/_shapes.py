@@ -129,8 +129,8 @@ def validate(
     if len(dtypes) > 1:
         desc = ", ".join(f"{n} {t.dtype}" for n, t in tensors if t is not None)
         raise TypeError(f"all tensors must have the same dtype, got {desc}")
-    if N == 0 or C_in == 0 or C_out == 0:
-        raise ValueError(f"x and the weights must be non-empty, got x {tuple(x.shape)}, C_out={C_out}")
+    if C_in == 0 or C_out == 0:
+        raise ValueError(f"the channel counts must be non-zero, got x {tuple(x.shape)} (C_in={C_in}), C_out={C_out}")
     geom = Geometry(
         N=N, C_in=C_in, C_out=C_out, H=H, W=W, kh=kh, kw=kw,
         stride=pair("stride", stride, 1),

@@ -1,36 +1,29 @@
-"""Which fused backends exist here, why the others do not, and which one runs a given call.
+"""Which fused backends exist here, why the others do not, and which one runs a given call: a table of backends.
 
-Backends:
-- "triton": the Triton kernels (bsconv_fused/triton). CUDA tensors; CPU tensors only under TRITON_INTERPRET=1
-  (the interpreter: for tests, never picked by "auto").
-- "cuda":   the compiled extension bsconv_fused._C: its CUDA kernels for CUDA tensors, its OpenMP kernels for CPU
-  tensors.
-- "torch":  the plain two-layer PyTorch path (bsconv_fused.reference); always available.
+| backend  | runs on      | what                                                                           |
+|----------|--------------|--------------------------------------------------------------------------------|
+| "triton" | CUDA tensors | the Triton kernels (bsconv_fused/triton); CPU tensors only under TRITON_INTERPRET=1 (tests; never "auto") |
+| "cuda"   | CUDA tensors | the compiled extension's CUDA kernels (bsconv_fused._C, csrc/cuda)            |
+| "cpu"    | CPU tensors  | the compiled extension's CPU kernels (bsconv_fused._C, csrc/cpu)              |
+| "torch"  | anything     | the plain two-layer PyTorch path (bsconv_fused.reference); always available   |
 
-"auto" (the default) takes BSCONV_FUSED_BACKEND when set, else the first fused backend that can run the call, else
-"torch" with one FallbackWarning per distinct reason. An explicitly requested backend that cannot run raises
-BackendUnavailableError with the reason and the fix.
+"auto" (the default) takes BSCONV_FUSED_BACKEND when set, else the first fused backend for the tensors' device that
+can run the call and is not predicted to lose against the two-layer path for this layer (then "torch" runs, on
+purpose, without a warning: ``explain()`` says why), else "torch" with one FallbackWarning per distinct reason.
+An explicitly requested backend that cannot run the call raises BackendUnavailableError with the reason and the fix.
 """
 from __future__ import annotations
 
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-BACKENDS = ("triton", "cuda", "torch")
-CHOICES = ("auto",) + BACKENDS
+from . import _ext
+
 ENV_VAR = "BSCONV_FUSED_BACKEND"
-
-# Order in which "auto" tries fused backends on a GPU. Triton first: its kernels are checked against the float64
-# reference under the interpreter in CI, the CUDA kernels only compile there; revisit with GPU benchmark results.
-GPU_PREFERENCE = ("triton", "cuda")
-
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-EXT_CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-EXT_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 class FallbackWarning(UserWarning):
@@ -50,18 +43,6 @@ class BackendStatus:
         return self.available
 
 
-_warned: set = set()
-
-
-def warn_once(reason: str, stacklevel: int = 3) -> None:
-    """Warn once per distinct reason that the two-layer path runs instead of the fused one."""
-    if reason in _warned or torch.compiler.is_compiling():
-        return  # inside a traced region a warning would break the graph; the next eager call warns
-    _warned.add(reason)
-    warnings.warn(f"bsconv_fused: running the two-layer PyTorch path: {reason}", FallbackWarning,
-                  stacklevel=stacklevel)
-
-
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -75,108 +56,170 @@ def _probe_triton() -> Optional[str]:
     return None
 
 
-# probed once at import (a plain global rather than lru_cache, which torch.compile warns about when tracing)
+# probed once at import (a plain global: torch.compile cannot trace an import inside a call)
 _TRITON_ERROR = _probe_triton()
 
-
-def _triton_import_error() -> Optional[str]:
-    return _TRITON_ERROR
-
-
-def _probe_ext() -> Tuple[Optional[str], bool]:
-    """(why the extension is unavailable or None, whether it has CUDA kernels). Never raises."""
-    from . import _ext
-
-    if _ext.load() is None:
-        return _ext.reason(), False
-    from . import cpp_ops  # noqa: F401  (fake kernels and autograd of the extension's ops)
-
-    return None, _ext.has_cuda_kernels()
-
-
-# Probed once at import, not lazily on the first call: that call may be inside torch.compile, which cannot trace the
-# loader's lock or the dispatcher query; plain globals it can.
-_EXT_ERROR, _EXT_HAS_CUDA = _probe_ext()
+# The cost policies, resolved once at import for the same reason. Each says why "auto" should prefer the two-layer
+# path for a layer: the Triton plan's static cost model (forward_loses / backward_loses) and the CPU kernels'
+# measured policy (cpu_policy.cpu_kernels_lose). A policy that is absent predicts nothing.
+try:
+    from .cpu_policy import cpu_kernels_lose as _CPU_LOSES
+except ImportError:
+    _CPU_LOSES = None
+if _TRITON_ERROR is None:
+    from .triton import plan as _TRITON_PLAN
+else:
+    _TRITON_PLAN = None
+_TRITON_FWD_LOSES = getattr(_TRITON_PLAN, "forward_loses", None)
+_TRITON_BWD_LOSES = getattr(_TRITON_PLAN, "backward_loses", None)
 
 
-def _ext_reason() -> Optional[str]:
-    return _EXT_ERROR
+# ------------------------------------------------------------------------------------- per-backend rules
+def _triton_status() -> Optional[str]:
+    if _TRITON_ERROR:
+        return _TRITON_ERROR
+    if not torch.cuda.is_available() and not interpreting():
+        return ("no CUDA GPU is visible (Triton compiles for GPUs; TRITON_INTERPRET=1 runs the kernels on CPU "
+                "tensors for testing)")
+    return None
 
 
-def triton_status() -> BackendStatus:
-    err = _triton_import_error()
-    if err:
-        return BackendStatus(False, err)
-    if torch.cuda.is_available():
-        return BackendStatus(True, "Triton kernels on CUDA tensors")
-    if interpreting():
-        return BackendStatus(True, "Triton interpreter (TRITON_INTERPRET=1) on CPU tensors: for testing, slow")
-    return BackendStatus(False, "no CUDA GPU is visible (Triton compiles for GPUs; TRITON_INTERPRET=1 runs the "
-                                "kernels on CPU tensors for testing)")
+def _triton_call(x: torch.Tensor, g) -> Optional[str]:
+    dev = x.device.type
+    if dev == "cpu" and not interpreting():
+        return ("the Triton backend needs CUDA tensors (x is on the CPU; TRITON_INTERPRET=1 runs it on the CPU "
+                "for testing)")
+    if dev not in ("cuda", "cpu"):
+        return f"the Triton backend runs on CUDA tensors, x is on {x.device}"
+    if g is not None and _TRITON_PLAN is not None:
+        return _TRITON_PLAN.unsupported_reason(g)
+    return None
 
 
-def cuda_status() -> BackendStatus:
-    err = _ext_reason()
-    if err:
-        return BackendStatus(False, err)
-    if _EXT_HAS_CUDA:
-        where = "CUDA kernels" + ("" if torch.cuda.is_available() else " (built; no GPU visible)")
-        return BackendStatus(True, f"compiled extension: {where} and OpenMP CPU kernels")
-    return BackendStatus(True, "compiled extension: OpenMP CPU kernels only (built without CUDA)")
+def _cuda_status() -> Optional[str]:
+    if not _ext.available():
+        return _ext.reason()
+    if not _ext.has_cuda_kernels():
+        return _ext.cuda_reason()
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible (the extension's CUDA kernels are built)"
+    return None
+
+
+def _cuda_call(x: torch.Tensor, g) -> Optional[str]:
+    if x.device.type != "cuda":
+        return f"the cuda backend runs the CUDA kernels on CUDA tensors, x is on {x.device} (use backend='cpu')"
+    major, minor = torch.cuda.get_device_capability(x.device)
+    if major < 8:
+        return (f"the extension's CUDA kernels need compute capability 8.0 or newer (Ampere), "
+                f"{torch.cuda.get_device_name(x.device)} is {major}.{minor}")
+    return None
+
+
+def _cpu_status() -> Optional[str]:
+    return None if _ext.available() else _ext.reason()
+
+
+def _cpu_call(x: torch.Tensor, g) -> Optional[str]:
+    if x.device.type != "cpu":
+        return f"the cpu backend runs the extension's CPU kernels on CPU tensors, x is on {x.device}"
+    return None
+
+
+def _triton_forward_op():
+    from . import ops
+
+    return ops.triton_forward
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One fused backend: where it runs, what it supports, why it cannot, and its forward op."""
+
+    name: str
+    device: str  # the tensors' device type "auto" considers it for
+    dtypes: Tuple[torch.dtype, ...]
+    why_unavailable: Callable[[], Optional[str]]  # here at all (installed, built, a device present)
+    why_not_call: Callable[[torch.Tensor, object], Optional[str]]  # this call (device, geometry limits)
+    forward_op: Callable[[], object]
+    runs_on: str  # what it runs, for available_backends()
+
+
+_HALF = (torch.float16, torch.bfloat16, torch.float32)
+TABLE: Dict[str, Backend] = {
+    b.name: b for b in (
+        Backend("triton", "cuda", _HALF, _triton_status, _triton_call, _triton_forward_op,
+                "Triton kernels on CUDA tensors"),
+        Backend("cuda", "cuda", _HALF, _cuda_status, _cuda_call, _ext.forward_op,
+                "the compiled extension's CUDA kernels on CUDA tensors"),
+        Backend("cpu", "cpu", _HALF + (torch.float64,), _cpu_status, _cpu_call, _ext.forward_op,
+                "the compiled extension's CPU kernels on CPU tensors"),
+    )
+}
+BACKENDS = tuple(TABLE) + ("torch",)
+CHOICES = ("auto",) + BACKENDS
+
+# Order in which "auto" tries fused backends per device. On GPUs Triton first: its numerics are checked against the
+# float64 reference under the interpreter in CI and its kernels are the ones the static cost model covers.
+AUTO_ORDER = {"cuda": ("triton", "cuda"), "cpu": ("cpu",)}
 
 
 def available_backends() -> Dict[str, BackendStatus]:
     """Each backend with whether it can run here and, if not, why."""
-    return {
-        "triton": triton_status(),
-        "cuda": cuda_status(),
-        "torch": BackendStatus(True, "plain two-layer PyTorch path (reference)"),
-    }
+    out = {}
+    for name, b in TABLE.items():
+        why = b.why_unavailable()
+        if why is None and name == "triton" and not torch.cuda.is_available():
+            out[name] = BackendStatus(True, "Triton interpreter (TRITON_INTERPRET=1) on CPU tensors: for testing, slow")
+        else:
+            out[name] = BackendStatus(why is None, why or b.runs_on)
+    out["torch"] = BackendStatus(True, "plain two-layer PyTorch path (reference)")
+    return out
 
 
-def _why_not(name: str, x: torch.Tensor, geometry=None) -> Optional[str]:
-    """None if backend ``name`` can run a call on tensors like ``x`` (and of ``geometry``), else why it cannot."""
-    dev, dt = x.device.type, x.dtype
+def why_not(name: str, x: torch.Tensor, geometry=None) -> Optional[str]:
+    """None if backend ``name`` can run a call on tensors like ``x`` (of ``geometry``), else why it cannot."""
     if name == "torch":
         return None
-    if name == "triton":
-        err = _triton_import_error()
-        if err:
-            return err
-        if dev == "cpu" and not interpreting():
-            return "the Triton backend needs CUDA tensors (x is on the CPU; TRITON_INTERPRET=1 runs it on the CPU for testing)"
-        if dev not in ("cuda", "cpu"):
-            return f"the Triton backend runs on CUDA tensors, x is on {x.device}"
-        if dt not in TRITON_DTYPES:
-            return f"the Triton kernels support float16, bfloat16 and float32, not {dt}"
-        if geometry is not None:
-            from .triton.plan import unsupported_reason
+    b = TABLE[name]
+    why = b.why_unavailable()
+    if why is not None:
+        return why
+    if x.dtype not in b.dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in b.dtypes)
+        return f"the {name} backend supports {names}, not {str(x.dtype).replace('torch.', '')}"
+    return b.why_not_call(x, geometry)
 
-            return unsupported_reason(geometry)
+
+def predicted_loss(name: str, x: torch.Tensor, geometry, training: bool) -> Optional[str]:
+    """Why the fused backend is predicted (static cost model or CPU measurements) to be slower than the two-layer
+    path for this layer, or None. "auto" then runs the two-layer path; an explicit request still runs fused."""
+    if geometry is None:
         return None
-    if name == "cuda":
-        err = _ext_reason()
-        if err:
-            return err
-        if dev == "cuda":
-            if not _EXT_HAS_CUDA:
-                return "the compiled extension was built without CUDA kernels; rebuild with nvcc present: " \
-                       "`pip install --no-build-isolation -e .`"
-            if dt not in EXT_CUDA_DTYPES:
-                return f"the CUDA kernels support float16, bfloat16 and float32, not {dt}"
-            return None
-        if dev == "cpu":
-            if dt not in EXT_CPU_DTYPES:
-                return f"the extension's CPU kernels support float32, float64, bfloat16 and float16, not {dt}"
-            return None
-        return f"the compiled extension runs on CPU and CUDA tensors, x is on {x.device}"
-    raise AssertionError(name)
+    if name == "cpu":
+        return _CPU_LOSES(geometry, x.dtype, torch.get_num_threads()) if _CPU_LOSES is not None else None
+    if name == "triton" and x.device.type == "cuda":
+        why = _TRITON_FWD_LOSES(geometry, x.dtype) if _TRITON_FWD_LOSES is not None else None
+        if why is None and training and _TRITON_BWD_LOSES is not None:
+            why = _TRITON_BWD_LOSES(geometry, x.dtype)
+        return why
+    return None
 
 
-def choose(requested: str, x: torch.Tensor, geometry=None) -> str:
-    """Resolve ``requested`` ("auto" or a backend name) to the backend that runs this call.
+_warned: set = set()
 
-    geometry: the call's validated bsconv_fused._shapes.Geometry, for limits that depend on the layer."""
+
+def warn_once(reason: str, stacklevel: int = 3) -> None:
+    """Warn once per distinct reason that the two-layer path runs instead of the fused one."""
+    if reason in _warned or torch.compiler.is_compiling():
+        return  # inside a traced region a warning would break the graph; the next eager call warns
+    _warned.add(reason)
+    warnings.warn(f"bsconv_fused: running the two-layer PyTorch path: {reason}", FallbackWarning,
+                  stacklevel=stacklevel)
+
+
+def _requested(requested: str) -> Tuple[str, str]:
+    """(backend name, where it came from) after applying BSCONV_FUSED_BACKEND to "auto"."""
     if requested not in CHOICES:
         raise ValueError(f"backend must be one of {CHOICES}, got {requested!r}")
     if requested == "auto":
@@ -184,22 +227,54 @@ def choose(requested: str, x: torch.Tensor, geometry=None) -> str:
         if env:
             if env not in CHOICES:
                 raise ValueError(f"environment variable {ENV_VAR} must be one of {CHOICES}, got {env!r}")
-            requested = env
-    if requested != "auto":
-        why = _why_not(requested, x, geometry)
+            return env, f"environment variable {ENV_VAR}={env}"
+    return requested, f"backend={requested!r}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The backend that runs a call, why, and whether the two-layer path runs because nothing fused could."""
+
+    backend: str
+    reason: str
+    fallback: bool = False
+
+
+def explain(requested: str, x: torch.Tensor, geometry=None, training: Optional[bool] = None) -> Choice:
+    """Which backend runs this call and why. Never warns; raises like :func:`choose` for an impossible request."""
+    name, source = _requested(requested)
+    if training is None:
+        training = torch.is_grad_enabled()
+    if name != "auto":
+        why = why_not(name, x, geometry)
         if why is not None:
+            origin = f" (from {source})" if source.startswith("environment") else ""
+            hint = f"unset {ENV_VAR} or set it to 'auto'" if origin else "use backend='auto'"
             raise BackendUnavailableError(
-                f"backend {requested!r} cannot run this call: {why}. Use backend='auto' to fall back to the "
-                f"two-layer PyTorch path, or see `python -m bsconv_fused` for what is available.")
-        return requested
-    candidates = GPU_PREFERENCE if x.device.type == "cuda" else ("cuda",)
+                f"backend {name!r}{origin} cannot run this call: {why}. To fall back to the two-layer PyTorch path, "
+                f"{hint}; `python -m bsconv_fused` says what is available.")
+        return Choice(name, f"requested by {source}")
     reasons = []
-    for name in candidates:
-        why = _why_not(name, x, geometry)
+    for cand in AUTO_ORDER.get(x.device.type, ()):
+        why = why_not(cand, x, geometry)
         if why is None:
-            return name
-        reasons.append(f"{name}: {why}")
-    if x.device.type == "cpu" and not torch.cuda.is_available():
-        reasons.insert(0, "no GPU")
-    warn_once("; ".join(reasons))
-    return "torch"
+            loses = predicted_loss(cand, x, geometry, training)
+            if loses is None:
+                return Choice(cand, f"the first fused backend for {x.device.type} tensors that runs this call")
+            return Choice("torch", f"{cand} is predicted slower than the two-layer path here: {loses}")
+        reasons.append(f"{cand}: {why}")
+    if not reasons:
+        reasons.append(f"no fused backend runs on {x.device.type} tensors")
+    return Choice("torch", "; ".join(reasons), fallback=True)
+
+
+def choose(requested: str, x: torch.Tensor, geometry=None, stacklevel: int = 4) -> str:
+    """Resolve ``requested`` ("auto" or a backend name) to the backend that runs this call.
+
+    geometry: the call's validated bsconv_fused._shapes.Geometry, for limits that depend on the layer. Warns once
+    per reason when "auto" falls back because no fused backend can run the call (not when the two-layer path is
+    chosen because it is predicted faster)."""
+    c = explain(requested, x, geometry)
+    if c.fallback:
+        warn_once(c.reason, stacklevel=stacklevel)
+    return c.backend

@@ -20,16 +20,6 @@ def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
     return None
 
 
-def _forward_op(name: str):
-    if name == "triton":
-        from . import ops
-
-        return ops.triton_forward
-    from . import cpp_ops  # noqa: F401  (gives the extension's ops their fake kernels and autograd)
-
-    return torch.ops.bsconv_fused.cpp_forward.default
-
-
 def bsconv_u(
     x: torch.Tensor,
     pw_weight: torch.Tensor,
@@ -53,7 +43,7 @@ def bsconv_u(
         stride, padding, dilation: of the depthwise conv (int or pair); the pointwise conv runs at input resolution.
         mid_bias: optional (C_out,) bias added to the intermediate at in-image positions only (the depthwise zero
             padding stays zero): what folding an eval-mode BatchNorm between the two convs needs.
-        backend: "auto", "triton", "cuda" or "torch" (see bsconv_fused.backends).
+        backend: "auto", "triton", "cuda", "cpu" or "torch" (see bsconv_fused.backends).
     """
     if backend not in backends.CHOICES:
         raise ValueError(f"backend must be one of {backends.CHOICES}, got {backend!r}")
@@ -64,8 +54,13 @@ def bsconv_u(
         cast = lambda t: t.to(low) if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t  # noqa: E731
         x, pw_weight, dw_weight, bias, mid_bias = map(cast, (x, pw_weight, dw_weight, bias, mid_bias))
     g = validate(x, pw_weight, dw_weight, bias, mid_bias, stride, padding, dilation)
-    name = backends.choose(backend, x, g)
+    if backend == "auto" and (g.N == 0 or torch.onnx.is_in_onnx_export()):
+        # An empty batch has nothing to fuse (F.conv2d returns the empty output); an ONNX export must emit the two
+        # standard convolutions, which every ONNX runtime knows, rather than our custom op, which none does.
+        name = "torch"
+    else:
+        name = backends.choose(backend, x, g)
     if name == "torch":
         return bsconv_u_reference(x, pw_weight, dw_weight, bias, g.stride, g.padding, g.dilation, mid_bias=mid_bias)
-    op = _forward_op(name)
+    op = backends.TABLE[name].forward_op()
     return op(x, pw_as_matrix(pw_weight), dw_weight, bias, mid_bias, list(g.stride), list(g.padding), list(g.dilation))

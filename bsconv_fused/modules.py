@@ -140,7 +140,7 @@ class _BSConvBase(nn.Sequential):
 
     @property
     def backend(self) -> str:
-        """Backend passed to :func:`bsconv_u` on the fused path ("auto", "triton", "cuda" or "torch")."""
+        """Backend passed to :func:`bsconv_u` on the fused path ("auto", "triton", "cuda", "cpu" or "torch")."""
         return self._backend
 
     @backend.setter

@@ -59,6 +59,23 @@ def _fake_backward(grad_y, x, pw, dw, mid_bias, stride, padding, dilation, outpu
     return backward_outputs_like(x, pw, dw, mid_bias, output_mask)
 
 
+def _differentiable_backward(grad_y, x, pw, dw, mid_bias, conv_args, need):
+    """The five gradients written with differentiable ATen ops (what the two-layer path's autograd computes), so a
+    graph is built through them: the backward of the backward exists. t and dt are materialised here."""
+    import torch.nn.functional as F
+
+    stride, padding, dilation = conv_args
+    C_out = pw.shape[0]
+    t = F.conv2d(x, pw[:, :, None, None], mid_bias)
+    dt = torch.nn.grad.conv2d_input(t.shape, dw, grad_y, stride, padding, dilation, groups=C_out)
+    dx = F.conv2d(dt, pw.t()[:, :, None, None]) if need[0] else None
+    dpw = torch.einsum("nohw,nihw->oi", dt, x) if need[1] else None
+    ddw = torch.nn.grad.conv2d_weight(t, dw.shape, grad_y, stride, padding, dilation, groups=C_out) if need[2] else None
+    dbias = grad_y.sum((0, 2, 3)) if need[3] else None
+    dmid = dt.sum((0, 2, 3)) if need[4] else None
+    return dx, dpw, ddw, dbias, dmid
+
+
 def register_pair(forward_op, backward_op, *, register_fake: bool) -> None:
     """Give a forward/backward op pair its fake kernels (when not defined in Python already) and its autograd."""
     if register_fake:
@@ -78,7 +95,13 @@ def register_pair(forward_op, backward_op, *, register_fake: bool) -> None:
         need[4] = need[4] and mid_bias is not None
         if not any(need):
             return (None,) * 8
-        grads = backward_op(grad_y, x, pw, dw, mid_bias, *ctx.conv_args, need)
+        if torch.is_grad_enabled():
+            # create_graph=True (double backward: gradient penalties, Hessian-vector products): the fused backward
+            # op has no derivative of its own, so this pass runs the two-layer path's differentiable backward on
+            # the saved inputs. Same values; slower, and only where a second derivative is asked for.
+            grads = _differentiable_backward(grad_y, x, pw, dw, mid_bias, ctx.conv_args, need)
+        else:
+            grads = backward_op(grad_y, x, pw, dw, mid_bias, *ctx.conv_args, need)
         return tuple(g if n else None for g, n in zip(grads, need)) + (None, None, None)
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)

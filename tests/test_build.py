@@ -68,10 +68,10 @@ sys.meta_path.insert(0, Block())
 def test_import_without_extension(action, expected):
     code = _BLOCK.format(action=action) + """
 import bsconv_fused
-from bsconv_fused import _ext, cpp_ops
-status = bsconv_fused.available_backends()["cuda"]
-assert not status.available
-assert _ext.load() is None and not _ext.has_cuda_kernels() and not cpp_ops.available()
+from bsconv_fused import _ext
+status = bsconv_fused.available_backends()["cpu"]
+assert not status.available and not bsconv_fused.available_backends()["cuda"].available
+assert _ext.load() is None and not _ext.has_cuda_kernels() and not _ext.available()
 print(status.reason)
 """
     proc = _run(code)
@@ -88,8 +88,8 @@ def test_import_order_with_triton_ops():
         code = f"""
 import importlib, torch
 importlib.import_module("{first}"); importlib.import_module("{second}")
-from bsconv_fused import cpp_ops
-assert cpp_ops.available(), cpp_ops.reason()
+from bsconv_fused import _ext
+assert _ext.available(), _ext.reason()
 print(torch.ops.bsconv_fused.triton_forward.default, torch.ops.bsconv_fused.cpp_forward.default)
 """
         proc = _run(code)
@@ -124,7 +124,7 @@ sys.meta_path = [f for f in sys.meta_path if "__editable__" not in (getattr(f, "
                  and "__editable__" not in type(f).__module__]
 import bsconv_fused
 print(bsconv_fused.__file__)
-print(bsconv_fused.available_backends()["cuda"].reason)
+print(bsconv_fused.available_backends()["cpu"].reason)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(tmp_path / "site")), cwd=str(tmp_path))

@@ -1,8 +1,7 @@
 """The compiled extension's ops (bsconv_fused::cpp_forward / cpp_backward) on CPU tensors: the OpenMP kernels.
 
-Outputs and all five gradients against the float64 reference (bsconv_fused.reference) over the coverage of the
-Triton tests, through the public path bsconv_u(..., backend="cuda") (the "cuda" backend runs the extension's ops on
-whatever device the tensors are on); then the ops themselves: gradcheck, opcheck, torch.compile, the output
+The shared parity suite (tests/test_parity.py, backend "cpu") covers outputs and all five gradients; here: many
+strips and reduction slots, low precision through the op, then the ops themselves: gradcheck, opcheck, torch.compile, the output
 contract (memory format, empty gradients), determinism, and the errors for bad input.
 Everything skips when bsconv_fused._C is not built (bsconv_fused._ext.reason() says why).
 """
@@ -13,81 +12,25 @@ import functools
 import pytest
 import torch
 
-from bsconv_fused import _ext, bsconv_u, cpp_ops
+from bsconv_fused import _ext, bsconv_u
 from bsconv_fused.reference import bsconv_u_reference
-from parity import Case, GRAD_NAMES, KERNELS, STRIDE_PADDING_DILATION, check, make_grad, make_inputs
+from bsconv_fused.testing import GRAD_NAMES, Case, check, make_grad, make_inputs
 
-pytestmark = pytest.mark.skipif(not cpp_ops.available(), reason=f"extension unavailable: {cpp_ops.reason()}")
+pytestmark = pytest.mark.skipif(not _ext.available(), reason=f"extension unavailable: {_ext.reason()}")
 
-fused = functools.partial(bsconv_u, backend="cuda")
+fused = functools.partial(bsconv_u, backend="cpu")
 F64 = torch.float64
 
 
 
-# ------------------------------------------------------------------------------------ parity with the reference
-@pytest.mark.parametrize("k", KERNELS, ids=lambda k: f"k{k[0]}x{k[1]}")
-def test_kernel_sizes(k):
-    check(Case(k=k, padding=(k[0] // 2, k[1] // 2), H=8, W=9, dtype=F64), fused, "cpu")
-
-
-@pytest.mark.parametrize("stride,padding,dilation", STRIDE_PADDING_DILATION, ids=str)
-def test_stride_padding_dilation(stride, padding, dilation):
-    check(Case(stride=stride, padding=padding, dilation=dilation, H=11, W=10, dtype=F64), fused, "cpu")
-
-
-def test_output_larger_than_input():
-    check(Case(k=(1, 1), padding=(2, 3), H=5, W=4, dtype=F64), fused, "cpu")
-
-
-@pytest.mark.parametrize("bias,mid", [(False, False), (True, False), (False, True), (True, True)])
-def test_bias_and_mid_bias(bias, mid):
-    check(Case(bias=bias, mid=mid, dtype=F64), fused, "cpu")
-
-
-@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced"])
-def test_layouts(layout):
-    check(Case(layout=layout, C_in=6, C_out=18, H=7, W=9, dtype=F64), fused, "cpu")
-
-
-@pytest.mark.parametrize("grad_layout", ["transposed", "expanded"])
-def test_non_contiguous_grad_output(grad_layout):
-    check(Case(grad_layout=grad_layout, dtype=F64), fused, "cpu")
-
-
-@pytest.mark.parametrize("shape", [
-    dict(N=1, C_in=3, C_out=16, H=13, W=7),  # C_in=3, odd sizes
-    dict(N=3, C_in=70, C_out=40, H=5, W=6),
-    dict(N=2, C_in=17, C_out=9, H=1, W=12, k=(1, 3), padding=(0, 1)),  # a one-row image
-    dict(N=1, C_in=1, C_out=1, H=6, W=5),
-], ids=["cin3", "wide", "one_row", "one_channel"])
-def test_odd_shapes(shape):
-    check(Case(dtype=F64, **shape), fused, "cpu")
-
-
+# ------------------------------------------------------------------------------- beyond the shared parity suite
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("stride", [(1, 1), (2, 2)], ids=str)
 def test_many_strips(layout, stride):
     # Large enough that the forward runs several strips per band (halo rows slid, not recomputed) and the backward
     # several strips per image and several reduction slots; 64 channels at W=64 is ~32 KiB per float64 row.
     check(Case(N=2, C_in=8, C_out=64, H=70, W=64, k=(3, 3), padding=(1, 1), stride=stride, layout=layout,
-               dtype=F64), fused, "cpu")
-
-
-@pytest.mark.parametrize("requires", [
-    (True, False, False, False, False),
-    (False, True, False, False, False),
-    (False, False, True, False, False),
-    (False, False, False, True, True),
-    (False, True, True, False, False),
-    (False, False, False, False, True),
-], ids=["dx", "dpw", "ddw", "biases", "weights", "dmid"])
-def test_partial_gradients(requires):
-    check(Case(requires=requires, dtype=F64), fused, "cpu")
-
-
-@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced"])
-def test_float32(layout):
-    check(Case(layout=layout, C_in=6, C_out=18, H=7, W=9), fused, "cpu")
+               dtype=F64), fused, "cpu", backend="cpu")
 
 
 # Low precision: the kernels keep the intermediate and dt in fp32 and accumulate in fp32, so each result is rounded
@@ -103,7 +46,7 @@ def test_low_precision(dtype, layout):
     c = Case(layout=layout, C_in=12, C_out=24, H=9, W=10, k=(3, 3), padding=(1, 1), dtype=dtype)
     x, pw, dw, bias, mid = make_inputs(c, "cpu")
     # The op itself (not bsconv_u): the backend policy may route float16 on the CPU elsewhere, the kernels take it.
-    y = cpp_ops.forward_op()(x, pw.reshape(pw.shape[0], -1), dw, bias, mid, list(c.stride), list(c.padding),
+    y = _ext.forward_op()(x, pw.reshape(pw.shape[0], -1), dw, bias, mid, list(c.stride), list(c.padding),
                              list(c.dilation))
     leaves = (x, pw, dw, bias, mid)
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
@@ -137,13 +80,13 @@ def _op_inputs(dtype=F64, requires_grad=False, channels_last=False, N=2, C_in=3,
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_gradcheck(channels_last):
     inputs = _op_inputs(requires_grad=True, channels_last=channels_last)
-    op = cpp_ops.forward_op()
+    op = _ext.forward_op()
     fn = lambda x, pw, dw, b, m: op(x, pw, dw, b, m, **OPS_ARGS)  # noqa: E731
     assert torch.autograd.gradcheck(fn, inputs)
 
 
 def test_opcheck_forward():
-    op = cpp_ops.forward_op()
+    op = _ext.forward_op()
     for requires_grad in (False, True):
         x, pw, dw, b, m = _op_inputs(requires_grad=requires_grad)
         torch.library.opcheck(op, (x, pw, dw, b, m, [2, 1], [1, 2], [1, 2]))
@@ -153,9 +96,9 @@ def test_opcheck_forward():
 
 
 def test_opcheck_backward():
-    op = cpp_ops.backward_op()
+    op = _ext.backward_op()
     x, pw, dw, b, m = _op_inputs()
-    y = cpp_ops.forward_op()(x, pw, dw, b, m, [2, 1], [1, 2], [1, 2])
+    y = _ext.forward_op()(x, pw, dw, b, m, [2, 1], [1, 2], [1, 2])
     gy = torch.randn_like(y)
     for mask in ([True] * 5, [True, False, True, False, False], [False, False, False, True, True]):
         torch.library.opcheck(op, (gy, x, pw, dw, m, [2, 1], [1, 2], [1, 2], mask))
@@ -164,10 +107,10 @@ def test_opcheck_backward():
 
 def test_backward_output_contract():
     x, pw, dw, b, m = _op_inputs(dtype=torch.float32, channels_last=True)
-    y = cpp_ops.forward_op()(x, pw, dw, b, m, [1, 1], [1, 1], [1, 1])
+    y = _ext.forward_op()(x, pw, dw, b, m, [1, 1], [1, 1], [1, 1])
     assert y.is_contiguous(memory_format=torch.channels_last)
     gy = torch.randn_like(y)
-    grads = cpp_ops.backward_op()(gy, x, pw, dw, m, [1, 1], [1, 1], [1, 1], [True, False, True, False, True])
+    grads = _ext.backward_op()(gy, x, pw, dw, m, [1, 1], [1, 1], [1, 1], [True, False, True, False, True])
     dx, dpw, ddw, dbias, dmid = grads
     assert dx.shape == x.shape and dx.is_contiguous(memory_format=torch.channels_last)
     assert dpw.shape == (0,) and dbias.shape == (0,)  # not requested: empty, custom ops cannot return None
@@ -194,7 +137,7 @@ def test_compile_fullgraph():
 
 def test_compile_inductor():
     x, pw, dw, b, m = _op_inputs(dtype=torch.float32)
-    op = cpp_ops.forward_op()
+    op = _ext.forward_op()
     f = lambda x: op(x, pw, dw, b, m, [1, 1], [1, 1], [1, 1]).relu()  # noqa: E731
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), f(x))
 
@@ -212,8 +155,8 @@ def test_backward_is_deterministic():
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            first = cpp_ops.backward_op()(*args)
-            second = cpp_ops.backward_op()(*args)
+            first = _ext.backward_op()(*args)
+            second = _ext.backward_op()(*args)
             for a, b2 in zip(first, second):
                 assert torch.equal(a, b2), threads
             results[threads] = first
@@ -226,7 +169,7 @@ def test_backward_is_deterministic():
 # ---------------------------------------------------------------------------------------------- bad input
 def _fwd(x=None, pw=None, dw=None, bias=None, mid=None, stride=(1, 1), padding=(1, 1), dilation=(1, 1)):
     x0, pw0, dw0, _, _ = _op_inputs(dtype=torch.float32)
-    return cpp_ops.forward_op()(x0 if x is None else x, pw0 if pw is None else pw, dw0 if dw is None else dw,
+    return _ext.forward_op()(x0 if x is None else x, pw0 if pw is None else pw, dw0 if dw is None else dw,
                                 bias, mid, list(stride), list(padding), list(dilation))
 
 
@@ -255,7 +198,7 @@ def test_forward_errors(kwargs, exc, match):
 
 def test_backward_errors():
     x, pw, dw, b, m = _op_inputs(dtype=torch.float32)
-    op = cpp_ops.backward_op()
+    op = _ext.backward_op()
     gy = torch.randn(2, 5, 7, 6)
     with pytest.raises(ValueError, match=r"grad_y must have the output shape \(2, 5, 7, 6\)"):
         op(gy[:, :, :5], x, pw, dw, m, [1, 1], [1, 1], [1, 1], [True] * 5)
@@ -268,7 +211,7 @@ def test_backward_errors():
 def test_cpu_dtype_error():
     x, pw, dw, b, m = (t.to(torch.complex64) for t in _op_inputs(dtype=torch.float32))
     with pytest.raises(TypeError, match=r"x must have a floating dtype"):
-        cpp_ops.forward_op()(x, pw, dw, b, m, [1, 1], [1, 1], [1, 1])
+        _ext.forward_op()(x, pw, dw, b, m, [1, 1], [1, 1], [1, 1])
 
 
 def test_ext_reports_loaded():

@@ -64,7 +64,7 @@ def test_mid_bias_only_inside_the_image():
 # ------------------------------------------------------------------------------------------- backends
 def test_available_backends_reports_every_backend_with_reason():
     av = bsconv_fused.available_backends()
-    assert set(av) == {"triton", "cuda", "torch"}
+    assert set(av) == {"triton", "cuda", "cpu", "torch"}
     assert av["torch"].available
     for name, st in av.items():
         assert isinstance(st.reason, str) and st.reason, name
@@ -81,17 +81,17 @@ def test_triton_rejects_float64_explicitly(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     pytest.importorskip("triton")
     x, pw, dw, b = _inputs(dtype=torch.float64)
-    with pytest.raises(BackendUnavailableError, match="float16, bfloat16 and float32, not torch.float64"):
+    with pytest.raises(BackendUnavailableError, match="supports float16, bfloat16, float32, not float64"):
         bsconv_u(x, pw, dw, b, backend="triton")
 
 
 def test_auto_falls_back_with_one_warning_per_reason(monkeypatch):
     monkeypatch.setattr(backends, "_warned", set())
     # force every fused backend to be unavailable for this call
-    monkeypatch.setattr(backends, "_why_not",
+    monkeypatch.setattr(backends, "why_not",
                         lambda name, x, g=None: None if name == "torch" else f"{name} is off in this test")
     x, pw, dw, b = _inputs()
-    with pytest.warns(FallbackWarning, match="cuda is off in this test"):
+    with pytest.warns(FallbackWarning, match="cpu is off in this test"):
         y = bsconv_u(x, pw, dw, b, padding=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FallbackWarning)
@@ -110,6 +110,28 @@ def test_env_var_selects_backend(monkeypatch):
     # an explicit per-call backend wins over the environment
     monkeypatch.setenv(backends.ENV_VAR, "cuda")
     assert backends.choose("torch", x) == "torch"
+    # an impossible request from the environment names the variable
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailableError, match=f"{backends.ENV_VAR}=cuda"):
+            backends.choose("auto", x)
+
+
+def test_cuda_backend_refuses_cpu_tensors_and_points_at_cpu():
+    x = torch.randn(1, 2, 4, 4)
+    why = backends.why_not("cuda", x)
+    assert why is not None
+
+
+def test_auto_can_choose_the_two_layer_path_by_cost_without_warning(monkeypatch):
+    # a layer where the fused kernels are predicted slower runs the two-layer path on purpose: no FallbackWarning
+    monkeypatch.setattr(backends, "why_not", lambda name, x, g=None: None)
+    monkeypatch.setattr(backends, "predicted_loss", lambda name, x, g, training: "slower in this test")
+    x, pw, dw, b = _inputs()
+    c = backends.explain("auto", x, None)
+    assert c.backend == "torch" and not c.fallback and "slower in this test" in c.reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        assert backends.choose("auto", x) == "torch"
 
 
 def test_auto_never_picks_the_interpreter(monkeypatch):
@@ -122,17 +144,24 @@ def test_auto_never_picks_the_interpreter(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_auto_picks_a_fused_backend_on_gpu():
     x = torch.randn(1, 2, 4, 4, device="cuda")
-    assert backends.choose("auto", x) in ("triton", "cuda")
+    assert backends.choose("auto", x) in ("triton", "cuda", "torch")
 
 
 def test_autocast_runs_in_lower_precision_like_conv2d(triton_device):
     pytest.importorskip("triton")
+    from bsconv_fused.testing import OpRecorder, rel_err, tolerance
+
     x, pw, dw, b = _inputs(device=triton_device)
     dtype = torch.bfloat16
-    with torch.autocast(triton_device, dtype=dtype):
+    with OpRecorder() as rec, torch.autocast(triton_device, dtype=dtype):
         y = bsconv_u(x, pw, dw, b, padding=1, backend="triton")
-        ref = torch.nn.functional.conv2d(x, pw)  # what autocast does to the unfused path
-    assert y.dtype == ref.dtype == dtype
+        two_layer = bsconv_u_reference(x, pw, dw, b, padding=1)  # autocast lowers F.conv2d the same way
+    assert y.dtype == two_layer.dtype == dtype
+    rec.assert_ran("triton", backward=False)
+    # values: autocast means "the same op on the inputs cast to bf16"; hold both against float64 of those inputs
+    low = [t.to(dtype).double() for t in (x, pw, dw, b)]
+    ref = bsconv_u_reference(*low, padding=1)
+    assert rel_err(y, ref) <= tolerance(dtype, False, rel_err(two_layer, ref))
 
 
 def test_triton_rejects_a_kernel_span_beyond_its_tile(monkeypatch):

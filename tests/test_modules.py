@@ -198,12 +198,12 @@ def test_backend_is_passed_through(monkeypatch):
 
     monkeypatch.setattr(modules, "bsconv_u", spy)
     x = torch.randn(1, 4, 5, 5)
-    m = BSConvU(4, 6, 3, backend="cuda")
+    m = BSConvU(4, 6, 3, backend="cpu")
     m(x)
     m.backend = "triton"
     m(x)
     BSConvS(4, 6, 3)(x)
-    assert seen == ["cuda", "triton", "auto"]
+    assert seen == ["cpu", "triton", "auto"]
 
 
 def test_explicit_unavailable_backend_raises_from_functional_layer():

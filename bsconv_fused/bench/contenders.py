@@ -21,7 +21,7 @@ from .. import backends
 from ..functional import bsconv_u
 from .suites import LayerCase
 
-FUSED_BACKENDS = ("triton", "cuda")
+FUSED_BACKENDS = ("triton", "cuda", "cpu")
 BASELINES = ("eager-nchw", "eager-cl", "compile", "compile-max-autotune", "dense")
 NAMES = tuple(f"{b}-{layout}" for b in FUSED_BACKENDS for layout in ("nchw", "cl")) + BASELINES
 
@@ -125,9 +125,10 @@ def contenders(device: torch.device, *, quick: bool, include: Optional[Sequence[
     out: List[Contender] = []
     for name in FUSED_BACKENDS:
         why = None if status[name].available else status[name].reason
-        if name == "triton" and device.type != "cuda":
-            # Under TRITON_INTERPRET=1 the kernels run on the CPU through numpy: a test vehicle, not a contender.
-            why = "Triton kernels run on CUDA GPUs only (the interpreter is for tests; see the traffic report)"
+        if backends.TABLE[name].device != device.type:
+            # (Under TRITON_INTERPRET=1 the Triton kernels run on the CPU through numpy: a test vehicle, not a
+            # contender; see the traffic report.)
+            continue
         for cl in (False, True):
             out.append(Contender(f"{name}-{'cl' if cl else 'nchw'}", "fused", cl, True, _fused(name), why))
     out.append(Contender("eager-nchw", "baseline", False, False, _eager))

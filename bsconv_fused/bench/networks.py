@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backends import available_backends
+from ..backends import TABLE, available_backends
 from ..models import get_model, set_backend
 from .checks import NETWORK_FLOOR, describe, rel_error
 from .results import ERROR, OK, UNAVAILABLE, WRONG, Row
@@ -75,10 +75,10 @@ def net_contenders(device: torch.device, *, compile_baselines: bool = True, quic
     (quick mode: NCHW only, no torch.compile)."""
     status = available_backends()
     out = []
-    for b in ("triton", "cuda"):
+    for b in ("triton", "cuda", "cpu"):
         why = None if status[b].available else status[b].reason
-        if b == "triton" and device.type != "cuda":
-            why = "Triton kernels run on CUDA GPUs only"
+        if TABLE[b].device != device.type:
+            continue
         for cl in (False, True):
             out.append(NetContender(f"{b}-{'cl' if cl else 'nchw'}", "fused", b, cl, unavailable=why))
     out += [NetContender("torch-nchw", "baseline", "torch", False), NetContender("torch-cl", "baseline", "torch", True)]

@@ -60,7 +60,7 @@ def init_backbone(backbone: nn.Module) -> None:
 
 
 def set_backend(model: nn.Module, backend: str) -> nn.Module:
-    """Point every BSConv layer of ``model`` at ``backend`` ("auto", "triton", "cuda", "torch")."""
+    """Point every BSConv layer of ``model`` at ``backend`` ("auto", "triton", "cuda", "cpu", "torch")."""
     for m in model.modules():
         if isinstance(m, BSConvU):
             m.backend = backend

@@ -21,6 +21,8 @@ MAX_TILE_VALUES = 8192
 TILE_OVERHEAD = 256
 MAX_HALO_LANES = 256  # beyond this the intermediate tile no longer fits the register budget
 BWD_LANES = 128
+# the forward kernels a plan can pick; BSCONV_FUSED_TRITON_FWD pins one (tests run every variant)
+FORWARD_VARIANTS = ("separable", "flat")
 
 
 def next_pow2(v: int) -> int:
