@@ -76,6 +76,24 @@ class Launch:
         self.kernel[self.grid](*self.args, **self.meta)
 
 
+def _const_loops(*loops: Loop) -> Tuple[Loop, ...]:
+    """Loops over a compile-time trip count that survive compilation: one trip folds away."""
+    return tuple(lp for lp in loops if lp.trips != 1)
+
+
+def _channel_loop(name: str, channels: int, block: int) -> Tuple[Loop, ...]:
+    """A loop over a channel count passed at run time: it stays a loop even for one trip, unless the count is 1
+    (the JIT then makes it a constant and the loop folds away)."""
+    return (Loop(name, cdiv(channels, block)),) if channels != 1 else ()
+
+
+def _small_tap_loop_unrolled(grad_y: torch.Tensor, lanes: int) -> bool:
+    # The dx and non-LEAD weight kernels' KH*KW tap loop is fully unrolled by LLVM when its body is small: dy read
+    # with vector loads (channels_last, unit channel stride) on a tile of at most 64 lanes (the 7x7 maps). Seen in
+    # the sm_90 SASS (Triton 3.8); the static report fails loudly if a compiler decides otherwise.
+    return grad_y.stride(1) == 1 and lanes <= 64
+
+
 def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional[torch.Tensor],
                      stride: Pair, padding: Pair, dilation: Pair) -> Tuple[torch.Tensor, List[Launch]]:
     g = validate(x, pw, dw, bias, mid_bias, stride, padding, dilation)
@@ -104,6 +122,11 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
              BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci,
              HAS_BIAS=bias is not None, HAS_MID=mid_bias is not None,
              UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps),
+        # flat: C_in blocks, then one loop over all taps. Separable: C_in blocks, then the kernel rows; the kw loop
+        # inside is unrolled by the compiler up to KW=3 (sm_90 SASS) and stays a loop beyond.
+        loops=_channel_loop("c_in", g.C_in, p.block_ci) + (
+            _const_loops(Loop("tap", g.kh * g.kw)) if p.flat else
+            _const_loops(Loop("kh", g.kh)) + ((Loop("kw", g.kw),) if g.kw > 3 else ())),
     )
     return y, [launch]
 
@@ -142,6 +165,8 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
              p.tiles_w, tiles,
              g.padding[0], g.padding[1]),
             dict(common, BLOCK_CI=p.block_ci),
+            loops=_channel_loop("c_out", g.C_out, p.block_co) + (
+                () if _small_tap_loop_unrolled(grad_y, p.lanes) else _const_loops(Loop("tap", g.kh * g.kw))),
         ))
     parts = [empty] * 4
     if need_dpw or need_ddw or need_db or need_dm:
@@ -175,6 +200,12 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
                  g.padding[0], g.padding[1]),
                 # no software pipelining: its multi-buffered copies of the tile loop spill the LEAD kernel
                 dict(LEAD=lead, BLOCK_CI=block_ci, BLOCK_K=p.block_k, num_stages=1, **flags, **common),
+                # tiles of the group (the average: the last group may hold fewer), then for LEAD the C_in chunks of
+                # the recomputed t, then the taps (unrolled like dx's on small channels_last tiles, LEAD excepted)
+                loops=(Loop("tile", total / groups),)
+                + (_channel_loop("c_in", g.C_in, p.block_k) if lead and need_ddw else ())
+                + (() if not lead and _small_tap_loop_unrolled(grad_y, p.lanes)
+                   else _const_loops(Loop("tap", g.kh * g.kw))),
             ))
 
     def finish():
