@@ -2,8 +2,9 @@
 
 The interpreter checks what the kernels compute; only the real compiler catches what it accepts and a GPU would not
 (tl.dot shapes, layouts, register and shared-memory limits, bf16 lowering). The launchers describe each launch as a
-`Launch` (kernel, grid, args, constexprs); this module turns one into `triton.compile(ASTSource(...), target=...)`.
-Tensors are allocated on the "meta" device, so nothing is computed.
+`Launch` (kernel, grid, args, constexprs); this module compiles one exactly as the JIT would at run time (the JIT's
+own argument specialization: unit ints as constants, 16-divisible pointers and ints marked), so the register and
+spill checks see the kernels that really run. Tensors are allocated on the "meta" device, so nothing is computed.
 
     python -m bsconv_fused.triton.aot --arch 80 90 --case 0   # every kernel of the 3x3 case, fp32/fp16/bf16
 

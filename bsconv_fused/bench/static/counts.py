@@ -3,11 +3,14 @@ contain it, with the trips taken from the launch's declared loops (Launch.loops,
 
 The declared loops are matched to the SASS loops one to one, in the order their bodies start (outer before
 inner); nesting comes from address containment in the SASS. A different number of loops is an error naming the
-kernel and both lists: the counts would otherwise multiply the wrong code by the wrong trips, silently.
+kernel and both lists: the counts would otherwise multiply the wrong code by the wrong trips, silently. The one
+tolerance: a declared loop of one trip may be absent (the compiler removes loops it proves run at most once), since
+it multiplies nothing.
 """
 from __future__ import annotations
 
 import collections
+import itertools
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
@@ -49,20 +52,39 @@ class Counts:
                     tensor_flops={k: round(v) for k, v in sorted(self.tensor_flops.items())})
 
 
+def _pairings(declared: Sequence, found: List[SassLoop]) -> List[list]:
+    """The ways to pair declared loops with the found ones, in order. A declared loop of one trip may be missing
+    (the compiler proved it runs at most once and removed the branch): it multiplies nothing, so dropping it only
+    matters through which loops the others pair with."""
+    extra = len(declared) - len(found)
+    if extra == 0:
+        return [list(declared)]
+    optional = [i for i, lp in enumerate(declared) if lp.trips == 1]
+    if extra < 0 or extra > len(optional):
+        return []
+    return [[lp for i, lp in enumerate(declared) if i not in drop]
+            for drop in map(set, itertools.combinations(optional, extra))]
+
+
 def match_loops(kernel: str, declared: Sequence, ins: List[Instruction]) -> List[MatchedLoop]:
     found = find_loops(ins)
-    if len(found) != len(declared):
-        names = [f"{lp.name}({lp.trips:g})" for lp in declared]
-        sizes = [f"{lp} {sum(1 for i in ins if lp.contains(i.addr))} instr" for lp in found]
-        raise LoopMismatch(
-            f"{kernel}: the launch declares {len(declared)} runtime loops {names} but the compiled SASS has "
-            f"{len(found)} {sizes}. Fix Launch.loops in bsconv_fused/triton/launch.py to the loops the compiler "
-            f"keeps for this plan (a small constant-trip loop may be fully unrolled; a static_range loop never is "
-            f"a runtime loop).")
-    out = []
-    for lp, s in zip(declared, found):
+    for lp in declared:
         if lp.trips < 0:
             raise LoopMismatch(f"{kernel}: loop {lp.name!r} declares negative trips {lp.trips}")
+    pairings = _pairings(declared, found)
+    # pairings that differ only in the names of one-trip loops give the same counts
+    trip_lists = {tuple(lp.trips for lp in p) for p in pairings}
+    if len(trip_lists) != 1:
+        names = [f"{lp.name}({lp.trips:g})" for lp in declared]
+        sizes = [f"{lp} {sum(1 for i in ins if lp.contains(i.addr))} instr" for lp in found]
+        why = "cannot tell which one-trip loops the compiler removed" if pairings else ""
+        raise LoopMismatch(
+            f"{kernel}: the launch declares {len(declared)} runtime loops {names} but the compiled SASS has "
+            f"{len(found)} {sizes}{' (' + why + ')' if why else ''}. Fix Launch.loops in "
+            f"bsconv_fused/triton/launch.py to the loops the compiler keeps for this plan (a small constant-trip "
+            f"loop may be fully unrolled; a static_range loop never is a runtime loop).")
+    out = []
+    for lp, s in zip(pairings[0], found):
         depth = sum(1 for o in found if o is not s and o.start <= s.start and s.end <= o.end)
         out.append(MatchedLoop(lp.name, float(lp.trips), s, depth, sum(1 for i in ins if s.contains(i.addr))))
     return out
