@@ -50,6 +50,15 @@ def test_listing_mismatch_fails_loudly():
         count_launch("toy", LISTING, (Loop("outer", 4),))
 
 
+def test_listing_optional_loop_may_be_missing():
+    loops, c = count_launch("toy", LISTING, (Loop("group", 1, optional=True), Loop("outer", 4), Loop("inner", 3)))
+    assert [lp.name for lp in loops] == ["outer", "inner"] and c.by_class["fp32"] == 12
+    with pytest.raises(LoopMismatch, match="declares 3 runtime loops"):  # a one-trip loop not marked optional
+        count_launch("toy", LISTING, (Loop("group", 1), Loop("outer", 4), Loop("inner", 3)))
+    with pytest.raises(LoopMismatch, match="cannot tell which optional loops"):
+        count_launch("toy", LISTING, (Loop("a", 2, optional=True), Loop("b", 3, optional=True), Loop("c", 5)))
+
+
 def test_listing_overlapping_loops_rejected():
     bad = LISTING.replace("@P1 BRA 0x20", "@P1 BRA 0x40")  # [0x40, 0x70] overlaps [0x30, 0x50]
     with pytest.raises(SassError, match="overlap"):
@@ -73,12 +82,13 @@ def _python(code, cache_dir):
     return r.stdout
 
 
-# One small layer (2x24x32x12x12, 3x3, channels_last, fp16): forward and backward launches, predicted for sm_90.
+# One layer with few channels (64x24x56x56 -> 32, 3x3, channels_last, fp16; meta tensors, so N costs nothing): its
+# forward and backward launches predicted for sm_90. N=64 gives the weight-gradient kernel several tiles per group.
 SMALL_LAYER = r"""
 import dataclasses, json, torch
 from bsconv_fused.bench.static import LoopMismatch, predict_launches
 from bsconv_fused.triton.launch import Loop, backward_launches, forward_launches
-x = torch.empty(2, 24, 12, 12, dtype=torch.float16, device="meta").to(memory_format=torch.channels_last)
+x = torch.empty(64, 24, 56, 56, dtype=torch.float16, device="meta").to(memory_format=torch.channels_last)
 pw = torch.empty(32, 24, 1, 1, dtype=torch.float16, device="meta")
 dw = torch.empty(32, 1, 3, 3, dtype=torch.float16, device="meta")
 b = torch.empty(32, dtype=torch.float16, device="meta")
@@ -123,8 +133,10 @@ def test_small_layer_declared_loops_found(small_layer):
             t = k["times_us"][m]
             assert k["bound_us"][m] == max(t.values()) > 0 and k["binding"][m] in t
         assert k["times_us"]["H200 SXM"]["dram"] < k["times_us"]["H100 SXM"]["dram"]
-    fwd = kernels[0]
+    fwd, dx, lead = kernels
     assert [lp["name"] for lp in fwd["loops"]] == ["c_in", "kh"]
+    assert [lp["name"] for lp in lead["loops"]] == ["tile", "c_in", "tap"] and lead["loops"][0]["trips"] > 1
+    assert [lp["depth"] for lp in lead["loops"]] == [0, 1, 1]  # t recompute and taps both inside the tile loop
     assert fwd["counts_per_warp"]["tensor_flops"]["wgmma.f16"] > 0  # the pointwise GEMM runs on wgmma
 
 

@@ -49,10 +49,13 @@ def _sm_count(t: torch.Tensor) -> int:
 class Loop:
     """One runtime loop of a kernel, as the static cost report (bsconv_fused/bench/static) sees it in the SASS.
 
-    trips: iterations per program (an average where programs differ, e.g. tiles per group)."""
+    trips: iterations per program (an average where programs differ, e.g. tiles per group).
+    optional: the compiler may or may not keep it (e.g. a loop it can prove runs at most once); the report accepts
+    either, which is exact when the loop is gone because it was unrolled or ran once."""
 
     name: str
     trips: float
+    optional: bool = False
 
 
 @dataclass
@@ -203,7 +206,8 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
                 dict(LEAD=lead, BLOCK_CI=block_ci, BLOCK_K=p.block_k, num_stages=1, **flags, **common),
                 # tiles of the group (the average: the last group may hold fewer), then for LEAD the C_in chunks of
                 # the recomputed t, then the taps (unrolled like dx's on small channels_last tiles, LEAD excepted)
-                loops=(Loop("tile", total / groups),)
+                # one tile per group: LLVM removes the loop for some bodies and keeps it for others (sm_90, Triton 3.8)
+                loops=(Loop("tile", total / groups, optional=per_group == 1),)
                 + (_channel_loop("c_in", g.C_in, p.block_k) if lead and need_ddw else ())
                 + (() if not lead and _small_tap_loop_unrolled(grad_y, p.lanes)
                    else _const_loops(Loop("tap", g.kh * g.kw))),

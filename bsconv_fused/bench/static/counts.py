@@ -4,8 +4,7 @@ contain it, with the trips taken from the launch's declared loops (Launch.loops,
 The declared loops are matched to the SASS loops one to one, in the order their bodies start (outer before
 inner); nesting comes from address containment in the SASS. A different number of loops is an error naming the
 kernel and both lists: the counts would otherwise multiply the wrong code by the wrong trips, silently. The one
-tolerance: a declared loop of one trip may be absent (the compiler removes loops it proves run at most once), since
-it multiplies nothing.
+tolerance: a loop the launcher declares optional (Loop.optional) may be absent.
 """
 from __future__ import annotations
 
@@ -53,13 +52,13 @@ class Counts:
 
 
 def _pairings(declared: Sequence, found: List[SassLoop]) -> List[list]:
-    """The ways to pair declared loops with the found ones, in order. A declared loop of one trip may be missing
-    (the compiler proved it runs at most once and removed the branch): it multiplies nothing, so dropping it only
-    matters through which loops the others pair with."""
+    """The ways to pair declared loops with the found ones, in order. A loop declared optional may be missing (the
+    compiler removed it, having proved it runs once, or unrolled it: either way its body is already in the SASS as
+    many times as it runs)."""
     extra = len(declared) - len(found)
     if extra == 0:
         return [list(declared)]
-    optional = [i for i, lp in enumerate(declared) if lp.trips == 1]
+    optional = [i for i, lp in enumerate(declared) if getattr(lp, "optional", False)]
     if extra < 0 or extra > len(optional):
         return []
     return [[lp for i, lp in enumerate(declared) if i not in drop]
@@ -72,12 +71,12 @@ def match_loops(kernel: str, declared: Sequence, ins: List[Instruction]) -> List
         if lp.trips < 0:
             raise LoopMismatch(f"{kernel}: loop {lp.name!r} declares negative trips {lp.trips}")
     pairings = _pairings(declared, found)
-    # pairings that differ only in the names of one-trip loops give the same counts
+    # pairings that give the same trips in the same places give the same counts
     trip_lists = {tuple(lp.trips for lp in p) for p in pairings}
     if len(trip_lists) != 1:
         names = [f"{lp.name}({lp.trips:g})" for lp in declared]
         sizes = [f"{lp} {sum(1 for i in ins if lp.contains(i.addr))} instr" for lp in found]
-        why = "cannot tell which one-trip loops the compiler removed" if pairings else ""
+        why = "cannot tell which optional loops the compiler removed" if pairings else ""
         raise LoopMismatch(
             f"{kernel}: the launch declares {len(declared)} runtime loops {names} but the compiled SASS has "
             f"{len(found)} {sizes}{' (' + why + ')' if why else ''}. Fix Launch.loops in "
