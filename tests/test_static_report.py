@@ -181,3 +181,11 @@ def test_cli_rejects_bad_arguments(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bsconv_fused.bench.static", "--filter", "no-such-layer"], env=env,
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "matches no layer" in r.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_calibrate_needs_a_gpu(capsys):
+    from bsconv_fused.bench.static.calibrate import main
+
+    assert main([]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
