@@ -3,6 +3,8 @@
 # registry: nothing is downloaded. Leaves everything to commit in benchmarks/results/<card>-<date>/:
 #   results.json / results.csv / summary.md / *.png   the full benchmark (python -m bsconv_fused)
 #   pytest-benchmark.json                             the regression benchmarks (benchmarks/)
+#   static-calibration.json / .log                    every kernel of the fp16 layer suite: measured vs the static
+#                                                     model's predicted lower bound (python -m bsconv_fused.bench.static)
 #   build.log, tests.log, bench.log                   what happened
 # Usage: benchmarks/run_gpu.sh [extra flags for python -m bsconv_fused, e.g. --suites layers --dtypes fp16]
 # Environment: PYTHON (default python), SKIP_BUILD=1, SKIP_TESTS=1, MAX_JOBS, TORCH_CUDA_ARCH_LIST, CUDA_HOME.
@@ -45,6 +47,12 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   "$PY" -m pytest tests/ -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -n 5
   [ "${PIPESTATUS[0]}" = 0 ] || { echo "tests failed: $OUT/tests.log"; status=1; }
 fi
+
+echo "== static cost model vs measured, per kernel (fp16 layer suite; the first GPU run calibrates the model)"
+# each launch timed alone next to its predicted lower bound; a few minutes (compiles + 23 runs per kernel)
+timeout 600 "$PY" -m bsconv_fused.bench.static.calibrate --dtypes fp16 --json "$OUT/static-calibration.json" \
+  2>&1 | tee "$OUT/static-calibration.log" | tail -n 40
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "static calibration failed: $OUT/static-calibration.log"; status=1; }
 
 echo "== regression benchmarks (pytest-benchmark)"
 "$PY" -m pytest benchmarks/ -q -p no:cacheprovider --benchmark-json "$OUT/pytest-benchmark.json" \

@@ -2,8 +2,9 @@
 
 The interpreter checks what the kernels compute; only the real compiler catches what it accepts and a GPU would not
 (tl.dot shapes, layouts, register and shared-memory limits, bf16 lowering). The launchers describe each launch as a
-`Launch` (kernel, grid, args, constexprs); this module turns one into `triton.compile(ASTSource(...), target=...)`.
-Tensors are allocated on the "meta" device, so nothing is computed.
+`Launch` (kernel, grid, args, constexprs); this module compiles one exactly as the JIT would at run time (the JIT's
+own argument specialization: unit ints as constants, 16-divisible pointers and ints marked), so the register and
+spill checks see the kernels that really run. Tensors are allocated on the "meta" device, so nothing is computed.
 
     python -m bsconv_fused.triton.aot --arch 80 90 --case 0   # every kernel of the 3x3 case, fp32/fp16/bf16
 
@@ -23,40 +24,30 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-_TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
-
-
-def _signature(launch) -> Tuple[Dict[str, str], Dict[str, object]]:
-    fn = launch.kernel
-    names = list(fn.arg_names)
-    consts = {k: v for k, v in launch.meta.items() if k in names}  # num_warps / num_stages are options
-    runtime = [n for n in names if n not in consts]
-    if len(runtime) != len(launch.args):
-        raise ValueError(f"{fn.__name__}: {len(launch.args)} runtime args for {len(runtime)} parameters")
-    sig: Dict[str, str] = {}
-    for name, value in zip(runtime, launch.args):
-        if isinstance(value, torch.Tensor):
-            sig[name] = "*" + _TRITON_DTYPES[value.dtype]
-        elif isinstance(value, bool):
-            sig[name] = "i1"
-        elif isinstance(value, int):
-            sig[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-        else:
-            raise TypeError(f"{fn.__name__}: cannot type argument {name}={value!r}")
-    for name in consts:
-        sig[name] = "constexpr"
-    return sig, consts
-
 
 def compile_launch(launch, arch: int):
-    """Compile one Launch for sm_<arch>; returns the compiled kernel (its .metadata has n_regs, shared, ...)."""
+    """Compile one Launch for sm_<arch> exactly as the JIT would specialise it at run time; returns the compiled
+    kernel (its .metadata has shared, num_warps, ...; .asm has ptx, cubin).
+
+    The JIT does not compile the kernel as written: its binder (the function `JITFunction.run` builds) turns ints
+    equal to 1 into constexprs (unit strides of NCHW / channels_last tensors) and marks pointers and ints divisible
+    by 16 with `tt.divisibility`, which decides vector widths, cp.async and register counts. Compiling without it
+    checks a different kernel (e.g. 252 vs 249 registers, NCHW and channels_last collapsing into one kernel), so
+    this binds the arguments with the same binder. Meta tensors report data_ptr() 0: 16-divisible, like every
+    allocation of PyTorch's caching allocator."""
     import triton
     from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
 
-    sig, consts = _signature(launch)
-    src = triton.compiler.ASTSource(fn=launch.kernel, signature=sig, constexprs=consts)
-    options = {k: launch.meta[k] for k in ("num_warps", "num_stages") if k in launch.meta}
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    fn = launch.kernel
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = dict(launch.meta, debug=False, instrumentation_mode="")
+    bound_args, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
 def _cuobjdump() -> Optional[str]:
