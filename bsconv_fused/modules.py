@@ -233,6 +233,15 @@ class BSConvU(_BSConvBase):
             self.add_module("bn", nn.BatchNorm2d(out_channels, **bn_kwargs))
         self.add_module("dw", _depthwise(out_channels, kernel_size, stride, padding, dilation, bias, padding_mode))
 
+    @classmethod
+    def from_sequential(cls, seq: nn.Sequential, *, backend: str = "auto") -> "BSConvU":
+        """A BSConvU computing what ``seq`` computes, weights preserved: ``seq`` is ``Sequential(Conv2d 1x1,
+        [BatchNorm2d], depthwise Conv2d)`` (a reference ``bsconv`` BSConvU is one). See
+        :func:`bsconv_fused.convert.bsconvu_from_sequential`."""
+        from .convert import bsconvu_from_sequential  # convert.py imports this module
+
+        return bsconvu_from_sequential(seq, backend=backend, cls=cls)
+
     def _batchnorms(self):
         return (("bn", self.bn),) if "bn" in self._modules else ()
 
