@@ -46,8 +46,8 @@ def _centered_gram(z: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype) -> t
     shift = mean.view(C, 1, 1, 1)
     for n0 in range(0, N, step):
         zt = z[n0:n0 + step].transpose(0, 1)  # (C, n, H, W), a view in any layout
-        zc = torch.empty(zt.shape, dtype=dtype, device=z.device)  # contiguous: rows are channels
-        torch.sub(zt, shift, out=zc)
+        # one contiguous copy (rows are channels), centered in place; (an out= buffer does not trace under Dynamo)
+        zc = zt.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True).sub_(shift)
         rows = zc.view(C, -1)
         gram.addmm_(rows, rows.t())
     return gram
