@@ -5,6 +5,7 @@ Importing never fails for want of a GPU, Triton or the compiled extension: `avai
 from .backends import BackendUnavailableError, FallbackWarning, available_backends
 from .convert import BSConvS_Replacer, BSConvU_Replacer
 from .functional import bsconv_u, bsconv_u_dense, bsconv_u_reference
+from .inference import FusedBSConv, fuse_for_inference
 from .modules import BSConvS, BSConvS_ModelRegLossMixin, BSConvU, reg_loss
 
 __version__ = "0.1.0"
@@ -14,4 +15,4 @@ __all__ = [
     "BackendUnavailableError", "BSConvU", "BSConvS", "BSConvS_ModelRegLossMixin", "reg_loss", "BSConvU_Replacer",
     "BSConvS_Replacer", "__version__",
 ]
-
+__all__ += ["fuse_for_inference", "FusedBSConv"]
