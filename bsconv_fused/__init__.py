@@ -6,6 +6,7 @@ from .backends import BackendUnavailableError, FallbackWarning, available_backen
 from .convert import BSConvS_Replacer, BSConvU_Replacer
 from .convert import Surgery, convert_reference, replace_conv2d
 from .functional import bsconv_u, bsconv_u_dense, bsconv_u_reference
+from .inference import FusedBSConv, fuse_for_inference
 from .modules import BSConvS, BSConvS_ModelRegLossMixin, BSConvU, reg_loss
 
 __version__ = "0.1.0"
@@ -16,4 +17,4 @@ __all__ = [
     "BSConvS_Replacer", "__version__",
     "replace_conv2d", "Surgery", "convert_reference",
 ]
-
+__all__ += ["fuse_for_inference", "FusedBSConv"]

@@ -20,10 +20,13 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._shapes import IntOrPair, pair
 from .backends import CHOICES as BACKEND_NAMES
 from .backends import warn_once
+from . import bn_stats
+from .bn_stats import PointwiseStep, batch_count, fold_chain, needs_batch_stats
 from .functional import bsconv_u
 
 __all__ = [
@@ -107,24 +110,11 @@ def _fold_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _bn_scale_shift(bn: nn.BatchNorm2d, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode BatchNorm as ``scale * t + shift`` per channel, differentiable in bn.weight and bn.bias."""
-    scale = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
-    if bn.weight is not None:  # affine=False leaves weight and bias None: the identity affine map
-        scale = scale * bn.weight.to(dtype)
-    shift = -bn.running_mean.to(dtype) * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.to(dtype)
-    return scale, shift
-
-
-def _bn_reason(bn: nn.BatchNorm2d, name: str) -> Optional[str]:
-    """Why ``bn`` cannot be folded (it needs the batch statistics of its input), or None when it can."""
-    if bn.running_mean is None or bn.running_var is None:
-        return (f"{name} has track_running_stats=False, so it normalises with the batch statistics of the "
-                "intermediate even in eval mode")
-    if bn.training:
-        return f"{name} is in training mode and needs the batch statistics of the intermediate"
+def _bn_reason(bn: nn.Module, name: str) -> Optional[str]:
+    """Why ``bn`` cannot be folded, or None when it can (eval mode: running statistics; training mode or
+    track_running_stats=False: batch statistics from the pointwise conv's input, see bsconv_fused.bn_stats)."""
+    if not isinstance(bn, _BatchNorm):
+        return f"{name} is a {type(bn).__name__}, not a BatchNorm2d / SyncBatchNorm, and is not folded"
     return None
 
 
@@ -147,13 +137,34 @@ class _BSConvBase(nn.Sequential):
     def backend(self, value: str) -> None:
         self._backend = _check_backend(value)
 
-    # -- subclasses provide these two
+    # -- subclasses provide these
     def _batchnorms(self) -> Tuple[Tuple[str, nn.BatchNorm2d], ...]:
         raise NotImplementedError
 
-    def _fused_pointwise(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The single pointwise weight (C_out, C_in, 1, 1) and mid_bias (C_out,) or None equal to the layers."""
+    def _fused_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The tensor the fused op reads: x itself, unless a leading layer runs on its own (see BSConvS)."""
+        return x
+
+    def _fold_steps(self) -> list:
+        """The pointwise convs and BatchNorms between the fused op's input and the depthwise conv, in order."""
         raise NotImplementedError
+
+    def _fused_pointwise(self, z: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The single pointwise weight (C_out, C_in, 1, 1) and mid_bias (C_out,) or None equal to the layers.
+
+        ``z``: the fused op's input, needed when a BatchNorm normalises with batch statistics (training mode);
+        their running statistics are then updated, so call this once per forward."""
+        steps = self._fold_steps()
+        weight = next(step.weight for step in steps if isinstance(step, PointwiseStep))
+        dtype = _fold_dtype(weight.dtype)
+        if z is not None:
+            dtype = torch.promote_types(dtype, bn_stats.stats_dtype(z.dtype))
+        A, a = fold_chain(steps, dtype, z)
+        pw = A.to(weight.dtype)[:, :, None, None]
+        return pw, None if a is None else a.to(weight.dtype)
+
+    def _uses_batch_stats(self) -> bool:
+        return any(needs_batch_stats(bn) for _, bn in self._batchnorms())
 
     def _fused_padding(self) -> Optional[Tuple[int, int]]:
         """dw's padding as a symmetric pair, or None when it is not symmetric (padding='same', even extent)."""
@@ -197,9 +208,13 @@ class _BSConvBase(nn.Sequential):
             if self.backend != "torch":
                 warn_once(f"{type(self).__name__}: {reason}")
             return super().forward(x)
-        pw, mid_bias = self._fused_pointwise()
+        batch_stats = self._uses_batch_stats()
+        z = self._fused_input(x)
+        if batch_stats and batch_count(z) <= 1:
+            return super().forward(x)  # BatchNorm raises its own "more than 1 value per channel" error
+        pw, mid_bias = self._fused_pointwise(z if batch_stats else None)
         dw = self.dw
-        return bsconv_u(x, pw, dw.weight, dw.bias, dw.stride, self._fused_padding(), dw.dilation,
+        return bsconv_u(z, pw, dw.weight, dw.bias, dw.stride, self._fused_padding(), dw.dilation,
                         mid_bias=mid_bias, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -212,11 +227,13 @@ class BSConvU(_BSConvBase):
     Same arguments, defaults, submodules (``pw``, ``bn`` when ``with_bn``, ``dw``) and state_dict keys as the
     reference ``bsconv.pytorch.BSConvU``; ``backend`` (keyword-only) selects the fused backend.
 
-    Fused path: without BN, ``bsconv_u(x, pw.weight, dw.weight, dw.bias)``; with BN in eval mode the BN is folded
-    into a per-channel scale of ``pw.weight`` and a ``mid_bias`` (exact at the image borders, since ``mid_bias`` is
-    not seen by the depthwise conv's zero padding). Two-layer path (with one warning per reason): BN in training mode
-    or with ``track_running_stats=False``, ``padding_mode`` other than ``"zeros"``, asymmetric ``padding="same"``,
-    forward hooks on a submodule. See :meth:`fused_path_reason`.
+    Fused path: without BN, ``bsconv_u(x, pw.weight, dw.weight, dw.bias)``; with BN the BN is folded into a
+    per-channel scale of ``pw.weight`` and a ``mid_bias`` (exact at the image borders, since ``mid_bias`` is not seen
+    by the depthwise conv's zero padding): in eval mode from the running statistics, in training mode (or with
+    ``track_running_stats=False``) from the batch statistics of the intermediate, computed from the mean and
+    covariance of x (bsconv_fused.bn_stats; running statistics updated as BatchNorm2d does, all-reduced under
+    SyncBatchNorm). Two-layer path (with one warning per reason): ``padding_mode`` other than ``"zeros"``,
+    asymmetric ``padding="same"``, forward hooks on a submodule. See :meth:`fused_path_reason`.
     """
 
     _pointwise_names = ("pw",)
@@ -245,13 +262,9 @@ class BSConvU(_BSConvBase):
     def _batchnorms(self):
         return (("bn", self.bn),) if "bn" in self._modules else ()
 
-    def _fused_pointwise(self):
-        weight = self.pw.weight
-        if "bn" not in self._modules:
-            return weight, None
-        scale, shift = _bn_scale_shift(self.bn, _fold_dtype(weight.dtype))
-        pw = (weight.to(scale.dtype) * scale[:, None, None, None]).to(weight.dtype)
-        return pw, shift.to(weight.dtype)
+    def _fold_steps(self):
+        steps = [PointwiseStep(self.pw.weight[:, :, 0, 0])]
+        return steps + [("bn", self.bn)] if "bn" in self._modules else steps
 
 
 class BSConvS(_BSConvBase):
@@ -264,6 +277,8 @@ class BSConvS(_BSConvBase):
     Fused path: the two pointwise convs (and, in eval mode, both BNs) are multiplied into one pointwise weight and
     one ``mid_bias`` inside the autograd graph, so pw1 and pw2 (and the BN affines) all get their gradients:
     with ``BN_k(t) = s_k * t + h_k``, ``pw = diag(s2) W2 diag(s1) W1`` and ``mid_bias = s2 * (W2 h1) + h2``.
+    In training mode pw1 runs on its own and the fused op reads its mid-channel output u; bn1 and bn2 fold with
+    batch statistics from u's mean and covariance (``pw = diag(s2) W2 diag(s1)``), so neither BN's input is stored.
     Falls back like :class:`BSConvU`.
     """
 
@@ -290,23 +305,24 @@ class BSConvS(_BSConvBase):
     def _batchnorms(self):
         return tuple((n, self._modules[n]) for n in ("bn1", "bn2") if n in self._modules)
 
-    def _fused_pointwise(self):
-        w1, w2 = self.pw1.weight, self.pw2.weight
-        dtype = _fold_dtype(w1.dtype)
-        m1 = w1.to(dtype)[:, :, 0, 0]  # (mid, in)
-        m2 = w2.to(dtype)[:, :, 0, 0]  # (out, mid)
-        mid_bias = None
+    def _bn1_on_batch_stats(self) -> bool:
+        return "bn1" in self._modules and needs_batch_stats(self.bn1)
+
+    def _fused_input(self, x):
+        # bn1 on batch statistics: pw1 runs on its own and the fused op reads its small (mid-channel) output u;
+        # bn1 and bn2 both fold, their statistics from u's mid x mid covariance (cheaper than x's C_in x C_in).
+        return self.pw1(x) if self._bn1_on_batch_stats() else x
+
+    def _fold_steps(self):
+        steps = []
+        if not self._bn1_on_batch_stats():
+            steps.append(PointwiseStep(self.pw1.weight[:, :, 0, 0]))
         if "bn1" in self._modules:
-            s1, h1 = _bn_scale_shift(self.bn1, dtype)
-            m1 = s1[:, None] * m1
-            # bn1's shift is constant over pixels, so pw2 maps it to a per-channel constant of the intermediate
-            mid_bias = m2 @ h1
+            steps.append(("bn1", self.bn1))
+        steps.append(PointwiseStep(self.pw2.weight[:, :, 0, 0]))
         if "bn2" in self._modules:
-            s2, h2 = _bn_scale_shift(self.bn2, dtype)
-            m2 = s2[:, None] * m2
-            mid_bias = h2 if mid_bias is None else s2 * mid_bias + h2
-        pw = (m2 @ m1).to(w1.dtype)[:, :, None, None]
-        return pw, None if mid_bias is None else mid_bias.to(w1.dtype)
+            steps.append(("bn2", self.bn2))
+        return steps
 
     def _reg_loss(self) -> torch.Tensor:
         """``|| W W^T - I ||_F`` (unsquared Frobenius norm) with ``W = pw1.weight[:, :, 0, 0]`` (mid x in)."""

@@ -250,25 +250,24 @@ def test_padding_mode_falls_back_and_warns_once(cls, padding_mode, recwarn):
 
 
 @pytest.mark.parametrize("cls", [BSConvU, BSConvS])
-def test_bn_training_falls_back_and_warns_once(cls):
+def test_bn_training_takes_the_fused_path_without_warning(cls):
+    # training-mode BN folds batch statistics (bsconv_fused.bn_stats; outputs and gradients in test_bn_train.py)
     m = cls(4, 6, 3, padding=1, with_bn=True)
-    x = torch.randn(2, 4, 5, 5)
-    with pytest.warns(FallbackWarning, match="training mode"):
-        m(x)
+    assert m.fused_path_reason() is None
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FallbackWarning)
-        m(x)  # once per reason
+        m(torch.randn(2, 4, 5, 5))
 
 
 def test_distinct_reasons_warn_separately(recwarn):
     x = torch.randn(1, 4, 5, 5)
     BSConvU(4, 6, 3, padding=1, padding_mode="reflect")(x)
-    BSConvU(4, 6, 3, padding=1, with_bn=True)(x)
+    BSConvU(4, 6, 4, padding="same")(x)
     BSConvU(4, 6, 3, padding=1, padding_mode="reflect")(x)
     msgs = [str(w.message) for w in fallback_warnings(recwarn)]
-    assert len(msgs) == 2 and "reflect" in msgs[0] and "training mode" in msgs[1]
+    assert len(msgs) == 2 and "reflect" in msgs[0] and "asymmetric" in msgs[1]
 
 
 def test_backend_torch_does_not_warn_about_module_fallbacks(recwarn):
@@ -278,13 +277,16 @@ def test_backend_torch_does_not_warn_about_module_fallbacks(recwarn):
     assert not fallback_warnings(recwarn)
 
 
-def test_fused_path_reason_tracks_mode():
+def test_fused_path_reason_in_both_modes():
+    # BN folds in either mode (running statistics in eval, batch statistics in training)
     m = BSConvU(4, 6, 3, with_bn=True)
-    assert "training mode" in m.fused_path_reason()
+    assert m.fused_path_reason() is None
     m.eval()
     assert m.fused_path_reason() is None
-    m.bn.train()  # a BN put back in training on its own (e.g. by a fine-tuning script) is honoured
-    assert "bn is in training mode" in m.fused_path_reason()
+    m.bn.train()  # a BN put back in training on its own (e.g. by a fine-tuning script) is honoured by the fold
+    assert m.fused_path_reason() is None
+    m.bn = nn.Identity()  # something that is not a BatchNorm in its place is not folded
+    assert "bn is a Identity" in m.fused_path_reason()
 
 
 def test_asymmetric_same_padding_falls_back_exactly():
@@ -325,7 +327,7 @@ def test_compile_fullgraph_fused_and_fallback(backend):
     m = BSConvS(8, 8, 3, padding=1, with_bn=True, p=0.5, backend=backend)
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
-    compiled(x).sum().backward()  # training mode: the two-layer path, BN batch statistics
+    compiled(x).sum().backward()  # training mode: the fused path folds the BN batch statistics
     m.eval()
     y = compiled(x)  # eval mode: recompiles on the changed `training` flag, fused path
     y.sum().backward()
