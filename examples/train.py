@@ -273,7 +273,8 @@ def train(cfg: Config, model: Optional[nn.Module] = None) -> Result:
                 break
         bar.close()
         if cfg.max_steps is not None and steps >= cfg.max_steps:
-            print(f"stopped after {steps} steps (--max-steps) in epoch {epoch + 1}; no checkpoint of a partial epoch")
+            print(f"stopped after {steps} step{'' if steps == 1 else 's'} (--max-steps) in epoch {epoch + 1}; "
+                  "no checkpoint of a partial epoch")
             break
         acc = evaluate(model, test_set, device, cfg.batch_size, cfg.amp)
         result.accuracies.append(acc)
