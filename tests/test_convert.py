@@ -8,9 +8,6 @@ from torch import nn
 from bsconv_fused.convert import BSConvS_Replacer, BSConvU_Replacer
 from bsconv_fused.modules import BSConvS, BSConvU
 
-# The test networks keep one reflect-padded conv on purpose: its BSConv replacement runs the two-layer path, which
-# the modules announce with a FallbackWarning (an error elsewhere in the suite).
-pytestmark = pytest.mark.filterwarnings("ignore:.*padding_mode='reflect' is not fused:bsconv_fused.backends.FallbackWarning")
 
 
 class MyConv(nn.Conv2d):  # subclasses are replaced too
