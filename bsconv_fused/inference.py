@@ -28,7 +28,6 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from .bn_stats import eval_scale_shift
 from .functional import bsconv_u

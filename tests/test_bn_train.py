@@ -255,3 +255,32 @@ def test_train_step_through_triton(kind, triton_device, monkeypatch):
         scale = p_ref.grad.abs().max().clamp(min=1)
         torch.testing.assert_close(p.grad.double().cpu() / scale, p_ref.grad / scale, **tol,
                                    msg=lambda s, n=n: f"{n}: {s}")
+
+
+@pytest.mark.parametrize("kind", ["U", "S"])
+def test_bfloat16_train_step_against_float64(kind):
+    """bf16 parameters and input: the fold and the statistics run in fp32, the op in bf16 (fp32 accumulation)."""
+    m64 = make(kind, 16, 8)
+    m16 = copy.deepcopy(m64).to(torch.bfloat16)
+    x = batches(1, (2, 16, 6, 6))[0].to(torch.bfloat16).double()  # values representable in bf16
+    g = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    x16 = x.to(torch.bfloat16).requires_grad_()
+    y = m16(x16)
+    assert_fused(y)
+    assert y.dtype == torch.bfloat16
+    (y * g.to(torch.bfloat16)).sum().backward()
+    x64 = x.clone().requires_grad_()
+    y_ref = two_layer(m64, x64)
+    (y_ref * g).sum().backward()
+    # bf16 keeps 8 bits (eps 7.8e-3) and the weights are rounded to bf16 (m64 keeps them exact): compare at a few
+    # bf16 ulps of the outputs and gradients, normalised by each tensor's largest entry (a wrong fold is off by O(1))
+    def close(a, b, what):
+        scale = b.abs().max().clamp(min=1)
+        torch.testing.assert_close(a.double() / scale, b / scale, rtol=0, atol=6e-2, msg=lambda s: f"{what}: {s}")
+
+    close(y, y_ref, "output")
+    close(x16.grad, x64.grad, "grad x")
+    for (n, p), p_ref in zip(m16.named_parameters(), m64.parameters()):
+        if p_ref.grad.abs().max() > 1e-6:  # BSConvS's bn1.bias: true gradient 0 (bn2 removes constants)
+            close(p.grad, p_ref.grad, n)
+    torch.testing.assert_close(m16[1].running_var.double(), m64[1].running_var, rtol=2e-2, atol=2e-2)
