@@ -4,7 +4,8 @@
 best two-layer path (NCHW or channels_last, whichever is faster) in the forward *and* in forward+backward, and the
 two-layer path everywhere else. The rule below is read off the interleaved measurements in
 benchmarks/results/cpu-epyc-2core-2026-12-02/summary.md (AMD EPYC Zen 4 VM, one thread, thread CPU time, the layer
-table of docs/performance.md with maps capped at 56x56, K=3, stride 1; docs/cpu-kernels.md explains the kernels):
+table (bench.suites.TABLE_LAYERS) with maps capped at 56x56, K=3, stride 1; docs/cpu-kernels.md explains the
+kernels):
 
 - float32 (two-layer time / fused time, forward and forward+backward):
   64->128@56: 1.38, 1.42 (N=1), 1.79, 1.27 (N=8); 128->128@56: 1.34, 1.28 (N=1), 1.64, 1.01 (N=8): fused. The

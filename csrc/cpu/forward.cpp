@@ -221,7 +221,8 @@ void forward(const Geometry& g, const T* x, Strides4 xs, const T* pw, const T* d
         int64_t first_new = lo;
         if (lo < buf_hi && lo >= buf_lo) {  // slide the halo rows to the front instead of recomputing them
           const int64_t keep_hi = std::min(hi, buf_hi);
-          std::memmove(tbuf, tbuf + (lo - buf_lo) * g.W * cb, static_cast<size_t>((keep_hi - lo) * g.W * cb) * sizeof(A));
+          std::memmove(tbuf, tbuf + (lo - buf_lo) * g.W * cb,
+                       static_cast<size_t>((keep_hi - lo) * g.W * cb) * sizeof(A));
           first_new = keep_hi;
         }
         detail::pointwise_rows<T, A>(g, img, xs, first_new, hi, c0, cb, wts.pw.data(), wts.mid_ptr(),
