@@ -259,11 +259,14 @@ void backward(const Geometry& g, const T* grad_y, Strides4 gys, const T* x, Stri
   const int64_t strips = detail::ceil_div(g.H, Rb), tasks = g.N * strips;
 
   // Slot layout of the weight-gradient partial sums: [d_pw (C_out x C_in) | d_dw (tap-major) | d_mid_bias].
-  // One slot per thread: a slot costs a pass over its sums, and d_pw is the size of the pointwise weight.
+  // One slot per thread: a slot costs a pass over its sums, and d_pw is the size of the pointwise weight. At most
+  // 64 MiB of slots: wide layers on many cores get fewer slots, and as many threads at work.
   const int64_t off_ddw = dpw != nullptr ? Co * Ci : 0;
   const int64_t off_dmid = off_ddw + (ddw != nullptr ? K * Co : 0);
   const int64_t partial = off_dmid + (dmid != nullptr ? Co : 0);
-  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(tasks, at::get_num_threads()));
+  constexpr int64_t kPartialBudget = int64_t(64) << 20;
+  const int64_t slot_cap = partial > 0 ? kPartialBudget / (partial * static_cast<int64_t>(sizeof(A))) : tasks;
+  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>({tasks, at::get_num_threads(), slot_cap}));
   // Each slot's sums start on a 64-byte boundary, like every other BLAS operand (see detail::AlignedAllocator).
   const int64_t stride = detail::ceil_div(partial, 64 / static_cast<int64_t>(sizeof(A))) * (64 / sizeof(A));
   // Kept by the calling thread across calls: fresh megabytes per call cost page faults on every call.
