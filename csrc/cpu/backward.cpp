@@ -4,9 +4,10 @@
 //   3. runs the transposed depthwise stencil: dt = DW^T(grad_y) and d_dw += grad_y * t, both from cache,
 //   4. turns dt into dx (GEMM with pw) and d_pw (GEMM with x), and sums it into d_mid_bias.
 // The strips partition t's rows exactly, so nothing but the grad_y halo is read twice and dt never reaches memory.
-// Determinism: weight-gradient partial sums live in a fixed number of slots that depends on the shapes only; each
-// slot walks its strips in order and the slots are summed in order, so repeated runs give identical bits. Across
-// different thread counts the BLAS (MKL) may pick other kernels, so bit-identity is only promised at a fixed one.
+// Determinism: weight-gradient partial sums live in one slot per thread (fewer when there are fewer strips); each
+// slot walks a fixed range of strips in order and the slots are summed in order, so repeated runs at one thread
+// count give identical bits. Across thread counts the partition (and the BLAS's kernels) change, so only closeness
+// is promised there.
 #include <ATen/Parallel.h>
 
 #include <cstring>
@@ -246,23 +247,33 @@ void backward(const Geometry& g, const T* grad_y, Strides4 gys, const T* x, Stri
   const int64_t Co = g.C_out, Ci = g.C_in, K = g.kh * g.kw;
 
   // t rows per strip, within the cache budget: dt and t ([W][C_out] each), x and dx ([W][C_in]), grad_y rows.
+  // Every strip streams the pointwise weight through three GEMMs (t, d_pw, dx), so where the weight outweighs the
+  // cache budget the strips grow to the weight's size: a strip of a few pixels would make those GEMMs re-read (or
+  // re-write) C_out x C_in values for a handful of rows each.
+  // Strips are balanced: a last strip of one row would pay the same weight traffic for a fraction of the work.
   const int64_t per_row = g.W * (2 * Co + 2 * Ci) + detail::ceil_div(g.Wo * Co, g.stride_h);
-  int64_t Rb = std::max<int64_t>(1, detail::kStripBytes / (per_row * static_cast<int64_t>(sizeof(A))));
+  const int64_t budget = std::max<int64_t>(detail::kStripBytes, 2 * Co * Ci * static_cast<int64_t>(sizeof(A)));
+  int64_t Rb = std::max<int64_t>(1, budget / (per_row * static_cast<int64_t>(sizeof(A))));
   Rb = std::min(Rb, g.H);
+  Rb = detail::ceil_div(g.H, detail::ceil_div(g.H, Rb));
   const int64_t strips = detail::ceil_div(g.H, Rb), tasks = g.N * strips;
 
-  // Slot layout of the weight-gradient partial sums.
+  // Slot layout of the weight-gradient partial sums: [d_pw (C_out x C_in) | d_dw (tap-major) | d_mid_bias].
+  // One slot per thread: a slot costs a pass over its sums, and d_pw is the size of the pointwise weight. At most
+  // 64 MiB of slots: wide layers on many cores get fewer slots, and as many threads at work.
   const int64_t off_ddw = dpw != nullptr ? Co * Ci : 0;
   const int64_t off_dmid = off_ddw + (ddw != nullptr ? K * Co : 0);
   const int64_t partial = off_dmid + (dmid != nullptr ? Co : 0);
-  constexpr int64_t kMaxSlots = 64, kPartialBudget = int64_t(64) << 20;
-  int64_t slots = tasks;
-  if (partial > 0)
-    slots = std::max<int64_t>(
-        1, std::min({tasks, kMaxSlots, kPartialBudget / (partial * static_cast<int64_t>(sizeof(A)))}));
+  constexpr int64_t kPartialBudget = int64_t(64) << 20;
+  const int64_t slot_cap = partial > 0 ? kPartialBudget / (partial * static_cast<int64_t>(sizeof(A))) : tasks;
+  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>({tasks, at::get_num_threads(), slot_cap}));
   // Each slot's sums start on a 64-byte boundary, like every other BLAS operand (see detail::AlignedAllocator).
   const int64_t stride = detail::ceil_div(partial, 64 / static_cast<int64_t>(sizeof(A))) * (64 / sizeof(A));
-  detail::Buffer<A> partials(static_cast<size_t>(slots * stride), A(0));
+  // Kept by the calling thread across calls: fresh megabytes per call cost page faults on every call.
+  detail::Scratch<A, 5> partials_s;
+  A* const partials = partials_s.data(slots * stride);
+  // With one slot of the output's type, d_pw is accumulated in place.
+  const bool dpw_in_place = dpw != nullptr && slots == 1 && std::is_same<T, A>::value;
 
   // wo_of[j * W + w]: the output column whose tap j lands on input column w, or -1.
   std::vector<int64_t> wo_of(static_cast<size_t>(g.kw * g.W));
@@ -283,7 +294,11 @@ void backward(const Geometry& g, const T* grad_y, Strides4 gys, const T* x, Stri
                      &dxbuf = dxbuf_s.get();
     std::vector<int64_t> ho_of_i(static_cast<size_t>(g.kh));
     for (int64_t slot = sbegin; slot < send; ++slot) {
-      A* part = partials.data() + slot * stride;
+      A* part = partials + slot * stride;
+      A* const part_dpw = dpw_in_place ? reinterpret_cast<A*>(dpw) : part;
+      // d_pw is written by the slot's first GEMM (no zero fill of C_out x C_in sums); the small sums are zeroed.
+      bool dpw_started = false;
+      std::fill(part + off_ddw, part + partial, A(0));
       const int64_t t_begin = slot * tasks / slots, t_end = (slot + 1) * tasks / slots;
       for (int64_t task = t_begin; task < t_end; ++task) {
         const int64_t n = task / strips;
@@ -303,7 +318,7 @@ void backward(const Geometry& g, const T* grad_y, Strides4 gys, const T* x, Stri
         if (need_t || dpw != nullptr) X = detail::rows_matrix<T, A>(x + n * xs.n, xs, h0, h1, g.W, Ci, xbuf);
         if (need_t) {
           if (static_cast<int64_t>(tbuf.size()) < P * Co) tbuf.resize(P * Co);
-          detail::pointwise<A>(g, X, P, wts.pw.data(), wts.mid_ptr(), tbuf.data());
+          detail::pointwise<A>(g, X, P, Co, wts.pw.data(), wts.mid_ptr(), tbuf.data());
         }
         if (need_dt && static_cast<int64_t>(dtbuf.size()) < P * Co) dtbuf.resize(P * Co);
         A* ddw_acc = ddw != nullptr ? part + off_ddw : nullptr;
@@ -327,23 +342,26 @@ void backward(const Geometry& g, const T* grad_y, Strides4 gys, const T* x, Stri
         if (dpw != nullptr) {
           // d_pw (C_out x C_in) += dt^T (C_out x P) X (P x C_in)
           const int64_t x_rs = X.pixel_major ? X.ld : 1, x_cs = X.pixel_major ? 1 : X.ld;
-          detail::matmul<A>(Co, Ci, P, dt, 1, Co, X.data, x_rs, x_cs, part, Ci, 1, true);
+          detail::matmul<A>(Co, Ci, P, dt, 1, Co, X.data, x_rs, x_cs, part_dpw, Ci, 1, dpw_started);
+          dpw_started = true;
         }
         if (dx != nullptr) dx_rows<T, A>(g, dt, wts.pw.data(), dx + n * dxs.n, dxs, h0, h1, dxbuf);
       }
+      if (dpw != nullptr && !dpw_started) std::fill(part_dpw, part_dpw + Co * Ci, A(0));  // no grad_y reached it
     }
   });
 
-  // Sum the slots in order (parallel over elements, so the order per element is fixed).
-  detail::Buffer<A> total(static_cast<size_t>(partial));
-  at::parallel_for(0, partial, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t e = begin; e < end; ++e) {
-      A sum = A(0);
-      for (int64_t s = 0; s < slots; ++s) sum += partials[s * stride + e];
-      total[e] = sum;
-    }
-  });
-  if (dpw != nullptr)
+  // Sum the slots into slot 0 in order (parallel over elements, so the order per element is fixed).
+  if (slots > 1)
+    at::parallel_for(0, partial, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) {
+        A sum = partials[e];
+        for (int64_t s = 1; s < slots; ++s) sum += partials[s * stride + e];
+        partials[e] = sum;
+      }
+    });
+  const A* total = partials;
+  if (dpw != nullptr && !dpw_in_place)
     for (int64_t e = 0; e < Co * Ci; ++e) dpw[e] = static_cast<T>(total[e]);
   if (ddw != nullptr)
     for (int64_t o = 0; o < Co; ++o)

@@ -167,24 +167,26 @@ RowsMatrix<A> rows_matrix(const T* img, Strides4 s, int64_t h0, int64_t h1, int6
   return {dst, P, false};
 }
 
-// t = pw x (+ mid_bias) for the P pixels of X into dst ([P][C_out], pixel-major).
+// t = pw x (+ mid_bias) for the P pixels of X and the cb output channels whose pw rows start at pwA (and mid_bias at
+// midA) into dst ([P][cb], pixel-major). A channel block is a plain column block of the GEMM: no halo, no overlap.
 template <typename A>
-void pointwise(const Geometry& g, const RowsMatrix<A>& X, int64_t P, const A* pwA, const A* midA, A* dst) {
-  const int64_t Co = g.C_out, Ci = g.C_in;
+void pointwise(const Geometry& g, const RowsMatrix<A>& X, int64_t P, int64_t cb, const A* pwA, const A* midA,
+               A* dst) {
+  const int64_t Ci = g.C_in;
   if (midA != nullptr)
-    for (int64_t p = 0; p < P; ++p) std::copy(midA, midA + Co, dst + p * Co);
-  // dst (P x C_out) [+]= X (P x C_in) pw^T (C_in x C_out)
+    for (int64_t p = 0; p < P; ++p) std::copy(midA, midA + cb, dst + p * cb);
+  // dst (P x cb) [+]= X (P x C_in) pw_block^T (C_in x cb)
   const int64_t x_rs = X.pixel_major ? X.ld : 1, x_cs = X.pixel_major ? 1 : X.ld;
-  matmul<A>(P, Co, Ci, X.data, x_rs, x_cs, pwA, 1, Ci, dst, Co, 1, midA != nullptr);
+  matmul<A>(P, cb, Ci, X.data, x_rs, x_cs, pwA, 1, Ci, dst, cb, 1, midA != nullptr);
 }
 
-// t rows [a, b) of one image (img = x + n * xs.n) into dst.
+// t rows [a, b) of one image (img = x + n * xs.n), channels [c0, c0 + cb), into dst.
 template <typename T, typename A>
-void pointwise_rows(const Geometry& g, const T* img, Strides4 xs, int64_t a, int64_t b, const A* pwA,
-                    const A* midA, A* dst, Buffer<A>& xbuf) {
+void pointwise_rows(const Geometry& g, const T* img, Strides4 xs, int64_t a, int64_t b, int64_t c0, int64_t cb,
+                    const A* pwA, const A* midA, A* dst, Buffer<A>& xbuf) {
   if (a >= b) return;
   const RowsMatrix<A> X = rows_matrix<T, A>(img, xs, a, b, g.W, g.C_in, xbuf);
-  pointwise<A>(g, X, (b - a) * g.W, pwA, midA, dst);
+  pointwise<A>(g, X, (b - a) * g.W, cb, pwA + c0 * g.C_in, midA != nullptr ? midA + c0 : nullptr, dst);
 }
 
 // Dense copies of the weights in the accumulation type; dw transposed to tap-major (kh*kw, C_out) so the stencil's
