@@ -125,12 +125,12 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
              BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci,
              HAS_BIAS=bias is not None, HAS_MID=mid_bias is not None,
              UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps),
-        # flat: C_in blocks, then one loop over all taps. Separable: C_in blocks, then the kernel rows; the kw loop
-        # inside is fully unrolled by LLVM except for wide kernels on 32-wide output tiles (sm_90 SASS, Triton 3.8:
-        # kept for 5x5 on 4x32 tiles; unrolled for 3x3 on 16x16, 5x5 on 2x8, 2x7 on 2x16).
+        # flat: C_in blocks, then one loop over all taps. Separable: C_in blocks, then the kernel rows, then the
+        # kernel columns, a loop LLVM unrolls or keeps depending on the target and the tile (Triton 3.8: sm_90
+        # unrolls 3x3 on 16x16 tiles and keeps 5x5 on 4x32 ones, sm_80 keeps 3x3), hence optional.
         loops=_channel_loop("c_in", g.C_in, p.block_ci) + (
             _const_loops(Loop("tap", g.kh * g.kw)) if p.flat else
-            _const_loops(Loop("kh", g.kh)) + ((Loop("kw", g.kw),) if g.kw > 3 and p.out_w >= 32 else ())),
+            _const_loops(Loop("kh", g.kh), Loop("kw", g.kw, optional=True))),
     )
     return y, [launch]
 
