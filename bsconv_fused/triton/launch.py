@@ -90,13 +90,6 @@ def _channel_loop(name: str, channels: int, block: int) -> Tuple[Loop, ...]:
     return (Loop(name, cdiv(channels, block)),) if channels != 1 else ()
 
 
-def _small_tap_loop_unrolled(grad_y: torch.Tensor, lanes: int) -> bool:
-    # The dx and non-LEAD weight kernels' KH*KW tap loop is fully unrolled by LLVM when its body is small: dy read
-    # with vector loads (channels_last, unit channel stride) on a tile of at most 64 lanes (the 7x7 maps). Seen in
-    # the sm_90 SASS (Triton 3.8); the static report fails loudly if a compiler decides otherwise.
-    return grad_y.stride(1) == 1 and lanes <= 64
-
-
 def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional[torch.Tensor],
                      stride: Pair, padding: Pair, dilation: Pair) -> Tuple[torch.Tensor, List[Launch]]:
     g = validate(x, pw, dw, bias, mid_bias, stride, padding, dilation)
@@ -125,12 +118,13 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
              BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci,
              HAS_BIAS=bias is not None, HAS_MID=mid_bias is not None,
              UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps),
-        # flat: C_in blocks, then one loop over all taps. Separable: C_in blocks, then the kernel rows; the kw loop
-        # inside is fully unrolled by LLVM except for wide kernels on 32-wide output tiles (sm_90 SASS, Triton 3.8:
-        # kept for 5x5 on 4x32 tiles; unrolled for 3x3 on 16x16, 5x5 on 2x8, 2x7 on 2x16).
+        # flat: C_in blocks, then one loop over all taps. Separable: C_in blocks, then the kernel rows, then the
+        # kernel columns. Loops over constexpr trips are optional: LLVM unrolls or keeps them depending on the
+        # target and the body (Triton 3.8: sm_90 unrolls kw for 3x3 on 16x16 tiles and keeps it for 5x5 on 4x32
+        # ones, sm_80 keeps it for 3x3; kh goes too on tiles of a few channels).
         loops=_channel_loop("c_in", g.C_in, p.block_ci) + (
-            _const_loops(Loop("tap", g.kh * g.kw)) if p.flat else
-            _const_loops(Loop("kh", g.kh)) + ((Loop("kw", g.kw),) if g.kw > 3 and p.out_w >= 32 else ())),
+            _const_loops(Loop("tap", g.kh * g.kw, optional=True)) if p.flat else
+            _const_loops(Loop("kh", g.kh, optional=True), Loop("kw", g.kw, optional=True))),
     )
     return y, [launch]
 
@@ -169,8 +163,8 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
              p.tiles_w, tiles,
              g.padding[0], g.padding[1]),
             dict(common, BLOCK_CI=p.block_ci),
-            loops=_channel_loop("c_out", g.C_out, p.block_co) + (
-                () if _small_tap_loop_unrolled(grad_y, p.lanes) else _const_loops(Loop("tap", g.kh * g.kw))),
+            # the tap loop is unrolled on some small channels_last tiles (7x7 maps at N=64), kept elsewhere
+            loops=_channel_loop("c_out", g.C_out, p.block_co) + _const_loops(Loop("tap", g.kh * g.kw, optional=True)),
         ))
     parts = [empty] * 4
     if need_dpw or need_ddw or need_db or need_dm:
@@ -204,13 +198,12 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
                  g.padding[0], g.padding[1]),
                 # no software pipelining: its multi-buffered copies of the tile loop spill the LEAD kernel
                 dict(LEAD=lead, BLOCK_CI=block_ci, BLOCK_K=p.block_k, num_stages=1, **flags, **common),
-                # tiles of the group (the average: the last group may hold fewer), then for LEAD the C_in chunks of
-                # the recomputed t, then the taps (unrolled like dx's on small channels_last tiles, LEAD excepted)
-                # one tile per group: LLVM removes the loop for some bodies and keeps it for others (sm_90, Triton 3.8)
+                # tiles of the group (the average: the last group may hold fewer; at one tile per group LLVM removes
+                # the loop for some bodies and keeps it for others), then for LEAD the C_in chunks of the recomputed
+                # t, then the taps (unrolled like dx's on small channels_last tiles; never seen in the LEAD body)
                 loops=(Loop("tile", total / groups, optional=per_group == 1),)
                 + (_channel_loop("c_in", g.C_in, p.block_k) if lead and need_ddw else ())
-                + (() if not lead and _small_tap_loop_unrolled(grad_y, p.lanes)
-                   else _const_loops(Loop("tap", g.kh * g.kw))),
+                + _const_loops(Loop("tap", g.kh * g.kw, optional=not lead)),
             ))
 
     def finish():

@@ -4,7 +4,9 @@ contain it, with the trips taken from the launch's declared loops (Launch.loops,
 The declared loops are matched to the SASS loops one to one, in the order their bodies start (outer before
 inner); nesting comes from address containment in the SASS. A different number of loops is an error naming the
 kernel and both lists: the counts would otherwise multiply the wrong code by the wrong trips, silently. The one
-tolerance: a loop the launcher declares optional (Loop.optional) may be absent.
+tolerance: a loop the launcher declares optional (Loop.optional: a loop over a compile-time trip count, which LLVM
+may unroll) may be absent. That weakens the check by as many loops as are optional: a wrong required loop can
+take the place of a dropped optional one. Pairings that disagree on trips are an error, never a guess.
 """
 from __future__ import annotations
 
@@ -61,8 +63,9 @@ def _pairings(declared: Sequence, found: List[SassLoop]) -> List[list]:
     optional = [i for i, lp in enumerate(declared) if getattr(lp, "optional", False)]
     if extra < 0 or extra > len(optional):
         return []
+    # inner loops first (reversed): when several pairings give the same trips, the names follow the likelier one
     return [[lp for i, lp in enumerate(declared) if i not in drop]
-            for drop in map(set, itertools.combinations(optional, extra))]
+            for drop in map(set, itertools.combinations(optional[::-1], extra))]
 
 
 def match_loops(kernel: str, declared: Sequence, ins: List[Instruction]) -> List[MatchedLoop]:

@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from .. import bounds as roofline
-from ..suites import DTYPES, LayerCase, filter_cases, gpu_layer_suites
+from ..suites import DTYPES, LayerCase, gpu_layer_suites
 from .compile import CompiledLaunch, arch_number, compile_for_model
 from .machines import MACHINES_FOR_ARCH, Machine
 from .predict import KernelPrediction, predict_compiled
