@@ -202,7 +202,7 @@ def predicted_loss(name: str, x: torch.Tensor, geometry, training: bool) -> Opti
     if geometry is None:
         return None
     if name == "cpu":
-        return _CPU_LOSES(geometry, x.dtype, torch.get_num_threads()) if _CPU_LOSES is not None else None
+        return _CPU_LOSES(geometry, x.dtype, _num_threads()) if _CPU_LOSES is not None else None
     if name == "cuda":
         return CUDA_KERNELS_LOSE
     if name == "triton" and x.device.type == "cuda":
@@ -211,6 +211,17 @@ def predicted_loss(name: str, x: torch.Tensor, geometry, training: bool) -> Opti
             why = _TRITON_BWD_LOSES(geometry, x.dtype)
         return why
     return None
+
+
+def _num_threads() -> int:
+    return torch.get_num_threads()
+
+
+# torch.compile cannot put an int-returning torch call in a graph: read the thread count at trace time as a constant
+# (a later torch.set_num_threads only matters to the choice when the function recompiles).
+_assume_constant = getattr(getattr(torch, "_dynamo", None), "assume_constant_result", None)
+if _assume_constant is not None:
+    _num_threads = _assume_constant(_num_threads)
 
 
 _warned: set = set()
