@@ -53,10 +53,21 @@ def compile_launch(launch, arch: int):
     import triton
     from triton.backends.compiler import GPUTarget
 
-    sig, consts = _signature(launch)
-    src = triton.compiler.ASTSource(fn=launch.kernel, signature=sig, constexprs=consts)
-    options = {k: launch.meta[k] for k in ("num_warps", "num_stages") if k in launch.meta}
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    # Bind the arguments exactly as JITFunction.run does, so the compiled kernel is the one that runs: ints equal
+    # to 1 become constants and 16-divisible pointers and ints get tt.divisibility (vector loads). Without this
+    # the kernels compile with scalar loads everywhere and different register use.
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    fn = launch.kernel
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = dict(launch.meta, debug=False, instrumentation_mode="")
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, sig, consts, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    src = triton.compiler.ASTSource(fn, sig, consts, attrs)
+    return triton.compile(src, target=target, options=options.__dict__)
 
 
 def _cuobjdump() -> Optional[str]:

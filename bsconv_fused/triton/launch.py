@@ -108,6 +108,23 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
     return y, [launch]
 
 
+def _max_offset(shape, strides) -> int:
+    return sum((n - 1) * abs(st) for n, st in zip(shape, strides) if n > 0)
+
+
+def _needs_64bit(*tensors) -> bool:
+    """Whether an element offset inside one image (dims 1..3) can reach 2^31 in any of the tensors: the kernels
+    then compute within-image offsets in int64 (the image base always is)."""
+    return any(_max_offset(t.shape[1:], t.stride()[1:]) >= 2**31 for t in tensors)
+
+
+def _vector_channels(t: torch.Tensor) -> bool:
+    """Whether the JIT will prove 16-byte vector loads along t's channels: channel stride 1 (an int equal to 1 is
+    specialised to a constant) and the other strides and the base address divisible by 16 (tt.divisibility)."""
+    return (t.stride(1) == 1 and all(s % 16 == 0 for i, s in enumerate(t.stride()) if i != 1)
+            and t.data_ptr() % 16 == 0)
+
+
 def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], stride: Pair, padding: Pair,
                       dilation: Pair, output_mask) -> Tuple[List[Launch], Callable[[], Tuple[torch.Tensor, ...]]]:
     """The launches of the backward and the function that finishes it (reduces the group partials)."""
@@ -120,68 +137,96 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
     need_dm = need_dm and mid_bias is not None
     pw_shape = pw.shape
     pw = pw_as_matrix(pw).contiguous()
-    dw = dw.contiguous()
+    taps = g.kh * g.kw
+    # depthwise weights as (taps, C_out) fp32: one contiguous vector load per tap and thread in the dt loop
+    dwt = dw.reshape(g.C_out, taps).t().float().contiguous()
     mid_bias = mid_bias.contiguous() if mid_bias is not None else None
-    p = plan_backward(g)
+    # a channels-fast grad_y (channels_last, aligned) loads 8 channels per vector; otherwise every element is a
+    # scalar load with its own address, and the plan takes fewer lanes to keep the unrolled taps in registers
+    p = plan_backward(g, _vector_channels(grad_y), x.element_size())
     upcast, precision = _dtype_flags(x.dtype)
     empty = x.new_empty((0,))
-    common = dict(KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
-                  QH=p.qh, QW=p.qw, LANES=p.lanes, BLOCK_CO=p.block_co,
-                  UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps)
-    co_blocks = cdiv(g.C_out, p.block_co)
+    off64 = _needs_64bit(grad_y, x)
+    common = dict(KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
+                  OFF64=off64, UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps)
+    # the kernel-row loop is a runtime loop over kh_n = KH (see _dt_block); a KH of 1 is specialised away by the
+    # JIT (ints equal to 1 become constants), and so is its loop
+    kh_loops = lambda name: (Loop(name, g.kh),) if g.kh > 1 else ()  # noqa: E731
     launches = []
     dx = empty
     if need_dx:
         dx = empty_output(x, x.shape)
+        off64 = off64 or _needs_64bit(dx)
         tiles = p.tiles_h * p.tiles_w
         launches.append(Launch(
             bsconv_bwd_dx_kernel, (cdiv(g.C_in, p.block_ci) * g.N * tiles,),
-            (grad_y, pw, dw, dx,
+            (grad_y, pw, dwt, dx,
              g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
              *grad_y.stride(), *dx.stride(),
              p.tiles_w, tiles,
-             g.padding[0], g.padding[1]),
-            dict(common, BLOCK_CI=p.block_ci),
+             g.padding[0], g.padding[1], g.kh),
+            dict(common, OFF64=off64, QH=p.qh, QW=p.qw, LANES=p.lanes, BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci),
+            loops=(Loop("co_blocks", cdiv(g.C_out, p.block_co)),) + kh_loops("dt_kh"),
         ))
     parts = [empty] * 4
+    dpw_parts = []
     if need_dpw or need_ddw or need_db or need_dm:
         utiles = p.utiles_h * p.utiles_w
         total = g.N * utiles
-        # launch 1 (LEAD): the first C_in block of d_pw (narrow: it also holds the recomputed t) with the
-        # per-channel reductions; launch 2: the remaining C_in of d_pw in wide blocks
-        rest = max(0, g.C_in - p.block_k)
-        blocks = [(0, 1, p.block_k, True)]
-        if need_dpw and rest:
-            blocks.append((p.block_k, cdiv(rest, p.block_ci_w), p.block_ci_w, False))
-        groups = weight_grad_groups(g, p, co_blocks, sum(b[1] for b in blocks), _sm_count(x))
-        per_group = cdiv(total, groups)
-        groups = cdiv(total, per_group)
+        co_blocks = cdiv(g.C_out, p.block_co_w)
+        sm = _sm_count(x)
+        # launch 1 (LEAD): d_pw columns [0, lead_ci) with the recomputed t, d_dw and the per-channel sums;
+        # launch 2: the remaining C_in columns of d_pw in blocks of block_ci_w (dt regenerated once per block)
+        lead_cols = min(g.C_in, p.lead_ci)
+        blocks = [(0, 1, p.lead_ci, lead_cols, True)]
+        if need_dpw and g.C_in > lead_cols:
+            rest = g.C_in - lead_cols
+            blocks.append((lead_cols, cdiv(rest, p.block_ci_w), p.block_ci_w, rest, False))
 
-        def part(*shape):
+        def part(groups, *shape):
             return torch.empty((groups,) + shape, dtype=torch.float32, device=x.device)
 
-        parts = [part(g.C_out, g.C_in) if need_dpw else empty, part(g.C_out, g.kh * g.kw) if need_ddw else empty,
-                 part(g.C_out) if need_db else empty, part(g.C_out) if need_dm else empty]
         flags = dict(NEED_DPW=need_dpw, NEED_DDW=need_ddw, NEED_DBIAS=need_db, NEED_DMID=need_dm,
                      HAS_MID=mid_bias is not None, TAPS=taps_pow2(g))
-        for ci_start, nci, block_ci, lead in blocks:
+        for ci_start, nci, block_ci, cols, lead in blocks:
+            lead_ddw = lead and need_ddw
+            groups = weight_grad_groups(g, p, co_blocks * nci, cols if need_dpw else 0, sm)
+            per_group = cdiv(total, groups)
+            groups = cdiv(total, per_group)
+            dpw_part = part(groups, g.C_out, cols) if need_dpw else empty
+            dpw_parts.append(dpw_part)
+            if lead:
+                parts = [dpw_part, part(groups, g.C_out, taps) if need_ddw else empty,
+                         part(groups, g.C_out) if need_db else empty, part(groups, g.C_out) if need_dm else empty]
+            loops = ((Loop("tiles", total / groups),)
+                     + ((Loop("t_ci", cdiv(g.C_in, p.block_k)),) + kh_loops("ddw_kh") if lead_ddw else ())
+                     + (kh_loops("dt_kh") if need_dpw or (lead and need_dm) else ()))
+            # LEAD with d_dw: one fp32 (lanes, C_out block) slot per program to re-layout t (see the kernel),
+            # laid out like grad_y (channels fastest when grad_y's are): L1/L2-resident, never read by the host
+            channels_fast = grad_y.stride(1) == 1
+            stq, stc = (p.block_co_w, 1) if channels_fast else (1, p.wlanes)
+            scratch = (torch.empty(co_blocks * nci * groups * p.wlanes * p.block_co_w, dtype=torch.float32,
+                                   device=x.device) if lead_ddw else empty)
             launches.append(Launch(
                 bsconv_bwd_w_kernel, (co_blocks * nci, groups),
-                (grad_y, x, pw, dw, mid_bias if mid_bias is not None else dw,
-                 *parts,
+                (grad_y, x, pw, dwt, mid_bias if mid_bias is not None else dwt,
+                 dpw_part, *(parts[1:] if lead else [empty] * 3), scratch,
                  g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
                  *grad_y.stride(), *x.stride(),
-                 p.utiles_w, utiles, total, per_group, nci, ci_start,
-                 g.padding[0], g.padding[1]),
+                 p.utiles_w, utiles, total, per_group, nci, ci_start, cols, stq, stc,
+                 g.padding[0], g.padding[1], g.kh),
                 # no software pipelining: its multi-buffered copies of the tile loop spill the LEAD kernel
-                dict(LEAD=lead, BLOCK_CI=block_ci, BLOCK_K=p.block_k, num_stages=1, **flags, **common),
+                dict(common, QH=p.wqh, QW=p.wqw, LANES=p.wlanes, BLOCK_CO=p.block_co_w, LEAD=lead,
+                     BLOCK_CI=block_ci, BLOCK_K=p.block_k, num_stages=1, **flags),
+                loops=loops,
             ))
 
     def finish():
         # fixed-order reduction of the group partials: deterministic. Gradients not asked for are fresh empty
         # tensors: a custom op's outputs may not alias each other.
         none = lambda: x.new_empty((0,))  # noqa: E731
-        dpw = parts[0].sum(0).to(pw.dtype).reshape(pw_shape) if need_dpw else none()
+        dpw = (torch.cat([d.sum(0) for d in dpw_parts], dim=1).to(pw.dtype).reshape(pw_shape) if need_dpw
+               else none())
         ddw = parts[1].sum(0).to(dw.dtype).reshape(dw.shape) if need_ddw else none()
         db = parts[2].sum(0).to(x.dtype) if need_db else none()
         dm = parts[3].sum(0).to(x.dtype) if need_dm else none()
