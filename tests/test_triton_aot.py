@@ -27,12 +27,12 @@ def _compile(args):
 @pytest.mark.parametrize("arch", [80, 90])
 def test_main_case_all_dtypes(arch):
     out = _compile(["--arch", str(arch), "--dtype", "float32", "float16", "bfloat16", "--case", "0"])
-    # forward, dx and one weight-gradient launch (its LEAD launch covers all 96 input channels), per dtype
-    assert out.count("kernel=") == 9, out
-    assert "compiled 9 kernels" in out
+    # forward, dx, weight-gradient lead + non-lead launches, for each of the three dtypes
+    assert out.count("kernel=") == 12, out
+    assert "compiled 12 kernels" in out
     # no register spills: a spilling kernel is several times slower on the GPU (the cubin's stack size says it)
     stacks = [line for line in out.splitlines() if "stack=" in line]
-    assert len(stacks) == 9, out
+    assert len(stacks) == 12, out
     assert all(" stack=0 " in line for line in stacks), "\n".join(stacks)
 
 

@@ -24,7 +24,7 @@ def geometries():
 def test_plan_backward_invariants(g, channels_fast, itemsize):
     p = plan_backward(g, channels_fast, itemsize)
     pow2 = lambda v: v >= 16 and v & (v - 1) == 0  # noqa: E731 (tl.dot: power-of-two dims >= 16)
-    assert all(pow2(v) for v in (p.lanes, p.wlanes, p.block_co, p.block_ci, p.block_co_w, p.lead_ci, p.block_k))
+    assert all(pow2(v) for v in (p.lanes, p.wlanes, p.llanes, p.block_co, p.block_ci, p.block_co_w, p.block_ci_w, p.block_k))
     # tiles cover the input (dx) and max(input, output) (weight kernels) with lanes to spare
     assert p.qh * p.qw <= p.lanes and p.tiles_h * p.qh >= g.H and p.tiles_w * p.qw >= g.W
     assert p.wqh * p.wqw <= p.wlanes
@@ -33,21 +33,22 @@ def test_plan_backward_invariants(g, channels_fast, itemsize):
     budget = TAP_VALUES_CL if channels_fast else TAP_VALUES_NCHW
     for lanes, bco in ((p.lanes, p.block_co), (p.wlanes, p.block_co_w)):
         assert lanes == 16 or g.kw * lanes * bco <= budget * 32 * BWD_WARPS
-    # dt is generated once per C_in block of up to 256 channels (dx); the LEAD launch covers up to 128 (64 deep)
-    assert p.block_ci >= min(g.C_in, 256) and p.lead_ci >= min(g.C_in, 128 if g.C_in <= 256 else 64)
-    assert (p.block_ci_w > 0) == (g.C_in > p.lead_ci)
+    assert p.lqh * p.lqw <= p.llanes and p.ltiles_h * p.lqh >= max(g.H, g.Ho) and p.ltiles_w * p.lqw >= max(g.W, g.Wo)
+    # dt is generated once per C_in block of up to 256 channels (dx and d_pw; 128 for NCHW d_pw)
+    assert p.block_ci >= min(g.C_in, 256) and p.block_ci_w >= min(g.C_in, 256 if channels_fast else 128)
 
 
 def test_weight_groups_per_launch():
     g = Geometry(64, 1024, 1024, 7, 7, 3, 3, (1, 1), (1, 1), (1, 1))
     p = plan_backward(g)
+    tiles = 64 * p.ltiles_h * p.ltiles_w
     # the LEAD launch has only C_out/64 = 16 programs per group: it gets its own, larger group count
-    lead = weight_grad_groups(g, p, 16, p.lead_ci)
-    rest = weight_grad_groups(g, p, 16 * 4, 896)
+    lead = weight_grad_groups(g, tiles, 16, 0)
+    rest = weight_grad_groups(g, tiles, 16 * 4, 1024)
     assert lead * 16 >= 4 * 132 and lead > rest
     # never more groups than tiles, and the partial buffer stays under 64 MiB
-    assert lead <= 64 * p.utiles_h * p.utiles_w
-    assert rest * 1024 * 896 * 4 <= 64 << 20
+    assert lead <= tiles and weight_grad_groups(g, 3, 1, 0) == 3
+    assert rest * 1024 * 1024 * 4 <= 64 << 20
 
 
 def test_backward_loses_both_ways():

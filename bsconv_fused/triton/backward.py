@@ -8,11 +8,11 @@ depthwise weight gradient: ddw[o, k] = sum_q t[q, o] * dy[p(q, k), o].
 - bsconv_bwd_dx_kernel: dx[q, ci] = sum_o dt[q, o] * pw[o, ci]; one program per (image, input tile, C_in block),
   looping over C_out blocks. The plan makes the C_in block as wide as C_in up to 256, so dt is generated once per
   (tile, C_out block) for every layer up to 256 input channels.
-- bsconv_bwd_w_kernel: d_pw (= sum_q dt^T x), d_dw, d_mid (= sum of dt over in-image q), d_bias (= sum of dy); one
+- bsconv_bwd_w_kernel, two launches: LEAD (t recomputed from x with tl.dot, d_dw, d_bias; no dt) and d_pw
+  (dt, d_pw = sum_q dt^T x in C_in blocks of up to 256, d_mid = sum of dt over in-image q in C_in block 0). One
   program per (C_out block, C_in block, pixel group); each group owns a fixed range of tiles and writes its partial
-  sums to its own slot, and the launcher reduces the slots in a fixed order: deterministic, no atomics. The LEAD
-  launch (C_in block 0, as wide as C_in up to 128) also recomputes t from x with tl.dot for d_dw and does the
-  per-channel sums; a second launch covers the rest of C_in for wide layers. Each launch has its own group count.
+  sums to its own slot, and the launcher reduces the slots in a fixed order: deterministic, no atomics. Each launch
+  has its own group count and tile.
 
 How dt is generated (the hot loop of both kernels). The tap geometry is split by axis: per tile and kernel row kh,
 one row offset and row mask per lane (runtime kh loop, computed once per C_out block); per kernel column kw
@@ -22,15 +22,15 @@ pre-transposed to (taps, C_out) fp32, so each tap's weights are one contiguous v
 16-bit load per channel.
 
 Static predictions, not GPU timings (sm_90 SASS of the JIT-specialised launches x the H100 per-SM throughput
-model, lower bounds; N=64 fp16; method and per-kernel split in docs/triton-backward.md). Backward dx + weight
-launches in us, channels_last / NCHW (before this design: 579/1102, 384/843, 176/339, 411/967, 363/835, 438/885,
-437/1342, 472/1284), and the ideal unfused roofline:
-  32->64@112 353 / 614 (unfused 240)    64->128@56 174 / 374 (120)    128->128@28 53 / 109 (34.3)
-  256->256@28 139 / 265 (68.6)          128->256@28 s2 105 / 245 (47.1)  128->128@28 K5 149 / 277 (34.3)
-  512->512@14 112 / 289 (35.9)          1024->1024@7 111 / 324 (27.4)
-i.e. 0.23-0.69x of the ideal unfused backward in channels_last, 0.08-0.39x in NCHW: still slower than it
-(plan.backward_loses says so). The largest remaining costs: the per-tap lane reduction of d_dw, dt generated in
-both the dx and the weight launches, and scalar dy loads in NCHW.
+model, lower bounds; N=64 fp16; method and per-kernel split in docs/triton-backward.md). Backward total of the
+three launches in us, channels_last / NCHW, (before this design), and the ideal unfused roofline:
+  32->64@112      298 / 546  (579 / 1102)  unfused 240     64->128@56    150 / 350  (384 / 843)   unfused 120
+  128->128@28      50 /  90  (176 / 339)   unfused 34.3    256->256@28   101 / 239  (411 / 967)   unfused 68.6
+  128->256@28 s2   88 / 250  (363 / 835)   unfused 47.1    128->128@28 K5 148 / 268 (438 / 885)  unfused 34.3
+  512->512@14     100 / 247  (437 / 1342)  unfused 35.9    1024->1024@7   98 / 322  (472 / 1284)  unfused 27.4
+i.e. 0.23-0.81x of the ideal unfused backward in channels_last, 0.09-0.44x in NCHW: still slower than it
+(plan.backward_loses says so). The largest remaining costs: dt generated in both the dx and the d_pw launch,
+the LEAD launch's per-tap work, and scalar dy loads in NCHW.
 
 Traffic of both kernels together, counted through the interpreter (benchmarks/results/traffic.md, N=1, fp32):
 each kernel reads x and dy once; the rest is the fp32 group partials of the weight gradients (their count is
@@ -151,6 +151,7 @@ def bsconv_bwd_w_kernel(
     BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_K: tl.constexpr,
     NEED_DPW: tl.constexpr, NEED_DDW: tl.constexpr, NEED_DBIAS: tl.constexpr, NEED_DMID: tl.constexpr,
     HAS_MID: tl.constexpr, LEAD: tl.constexpr,
+    DDW_REG: tl.constexpr, DDW_KH: tl.constexpr, DDW_R: tl.constexpr, DDW_M: tl.constexpr,
     OFF64: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     # LEAD programs also do the per-channel reductions: d_dw needs the full pointwise conv, which only they
@@ -178,6 +179,21 @@ def bsconv_bwd_w_kernel(
     acc_b = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     acc_m = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     lane_ok = q < QH * QW
+
+    if LEAD:
+        # The LEAD sums (d_dw per tap, d_bias) use register accumulators reduced across threads once per program,
+        # not per tap and tile: the tile is viewed as (DDW_R, DDW_M, BLOCK_CO) lanes x channels with DDW_M x
+        # BLOCK_CO spanning the CTA's threads, so each tile's sum over DDW_R stays inside a thread.
+        q3 = tl.arange(0, DDW_R)[:, None, None] * DDW_M + tl.arange(0, DDW_M)[None, :, None]
+        c3 = tl.arange(0, BLOCK_CO)[None, None, :]
+        co3_ok = pid_co * BLOCK_CO + c3 < C_out
+        coff3 = (pid_co * BLOCK_CO + c3).to(tl.int64) * sgc if OFF64 else (pid_co * BLOCK_CO + c3) * sgc
+        acc_b3 = tl.zeros((DDW_M, BLOCK_CO), dtype=tl.float32)
+    if NEED_DDW and LEAD and DDW_REG:
+        # one accumulator per tap: all taps unrolled (DDW_KH = KH kernel rows)
+        accs = ()
+        for k in tl.static_range(DDW_KH * KW):
+            accs = accs + (tl.zeros((DDW_M, BLOCK_CO), dtype=tl.float32),)
 
     t_begin = grp * tiles_per_group
     for tt in range(t_begin, tl.minimum(t_begin + tiles_per_group, total_tiles)):
@@ -218,22 +234,41 @@ def bsconv_bwd_w_kernel(
             tl.debug_barrier()
             tl.store(t_slot + t_off, t)
             tl.debug_barrier()
-            t = tl.load(t_slot + t_off)
-            # d_dw[co, tap] = sum_q t[q, co] dy[p(q, tap), co]: the dt loop below, with t as the weight
-            for kh in range(kh_n):
-                oh, okh = _axis_tap(rr, kh, PH, DH, SH, Ho)
-                if OFF64:
-                    oh = oh.to(tl.int64)
-                roff = oh * sgh
-                rok = q_ok & okh
-                for kw in tl.static_range(KW):
-                    ow, okw = _axis_tap(cc, kw, PW, DW, SW, Wo)
+            if DDW_REG:
+                t3 = tl.load(t_slot + q3 * stq + c3 * stc)
+                rr3 = (tile // utiles_w) * QH + q3 // QW
+                cc3 = (tile % utiles_w) * QW + q3 % QW
+                q3_ok = (q3 < QH * QW) & (rr3 < H) & (cc3 < W) & co3_ok
+                new = ()
+                for kh in tl.static_range(DDW_KH):
+                    oh3, okh3 = _axis_tap(rr3, kh, PH, DH, SH, Ho)
                     if OFF64:
-                        ow = ow.to(tl.int64)
-                    dy = tl.load(gy_n + (roff + ow * sgw)[:, None] + coff[None, :],
-                                 mask=(rok & okw)[:, None] & co_ok[None, :], other=0.0)
-                    contrib = tl.sum(t * dy.to(tl.float32), axis=0)
-                    acc_dw += tl.where(taps[:, None] == kh * KW + kw, contrib[None, :], 0.0)
+                        oh3 = oh3.to(tl.int64)
+                    for kw in tl.static_range(KW):
+                        ow3, okw3 = _axis_tap(cc3, kw, PW, DW, SW, Wo)
+                        if OFF64:
+                            ow3 = ow3.to(tl.int64)
+                        dy3 = tl.load(gy_n + oh3 * sgh + ow3 * sgw + coff3, mask=q3_ok & okh3 & okw3, other=0.0)
+                        new = new + (accs[kh * KW + kw] + tl.sum(t3 * dy3.to(tl.float32), axis=0),)
+                accs = new
+            else:
+                t = tl.load(t_slot + t_off)
+            if not DDW_REG:
+                # d_dw[co, tap] = sum_q t[q, co] dy[p(q, tap), co]: the dt loop below, with t as the weight
+                for kh in range(kh_n):
+                    oh, okh = _axis_tap(rr, kh, PH, DH, SH, Ho)
+                    if OFF64:
+                        oh = oh.to(tl.int64)
+                    roff = oh * sgh
+                    rok = q_ok & okh
+                    for kw in tl.static_range(KW):
+                        ow, okw = _axis_tap(cc, kw, PW, DW, SW, Wo)
+                        if OFF64:
+                            ow = ow.to(tl.int64)
+                        dy = tl.load(gy_n + (roff + ow * sgw)[:, None] + coff[None, :],
+                                     mask=(rok & okw)[:, None] & co_ok[None, :], other=0.0)
+                        contrib = tl.sum(t * dy.to(tl.float32), axis=0)
+                        acc_dw += tl.where(taps[:, None] == kh * KW + kw, contrib[None, :], 0.0)
 
         if NEED_DPW or NEED_DMID:
             dt = _dt_block(gy_n, dwt_ptr, rr, cc, q_ok, co, co_ok, coff, sgh, sgw, C_out, Ho, Wo, PH, PW, kh_n,
@@ -245,27 +280,33 @@ def bsconv_bwd_w_kernel(
                     acc_pw = tl.dot(tl.trans(dt), xb.to(tl.float32), acc_pw, input_precision=INPUT_PRECISION)
                 else:
                     acc_pw = tl.dot(tl.trans(dt.to(xb.dtype)), xb, acc_pw, input_precision=INPUT_PRECISION)
-            if NEED_DMID and LEAD:
+            if NEED_DMID:
                 acc_m += tl.sum(dt, axis=0)
         if NEED_DBIAS and LEAD:
             # the same lanes read as output pixels: the tile grid spans max(input, output) so each is seen once
-            p_ok = lane_ok & (rr < Ho) & (cc < Wo)
+            rp = (tile // utiles_w) * QH + q3 // QW
+            cp = (tile % utiles_w) * QW + q3 % QW
+            p_ok = (q3 < QH * QW) & (rp < Ho) & (cp < Wo) & co3_ok
             if OFF64:
-                off = rr.to(tl.int64) * sgh + cc.to(tl.int64) * sgw
-            else:
-                off = rr * sgh + cc * sgw
-            dyp = tl.load(gy_n + off[:, None] + coff[None, :], mask=p_ok[:, None] & co_ok[None, :], other=0.0)
-            acc_b += tl.sum(dyp.to(tl.float32), axis=0)
+                rp = rp.to(tl.int64)
+                cp = cp.to(tl.int64)
+            dyp = tl.load(gy_n + rp * sgh + cp * sgw + coff3, mask=p_ok, other=0.0)
+            acc_b3 += tl.sum(dyp.to(tl.float32), axis=0)
 
+    if NEED_DBIAS and LEAD:
+        acc_b = tl.sum(acc_b3, axis=0)
+    if NEED_DDW and LEAD and DDW_REG:
+        for k in tl.static_range(DDW_KH * KW):
+            acc_dw += tl.where(taps[:, None] == k, tl.sum(accs[k], axis=0)[None, :], 0.0)
     g64 = grp.to(tl.int64)
     if NEED_DPW:
         tl.store(dpw_part + g64 * C_out * dpw_cols + co[:, None] * dpw_cols + ci_loc[None, :], acc_pw,
                  mask=co_ok[:, None] & ci_blk_ok[None, :])
+    if NEED_DMID:
+        tl.store(dmid_part + g64 * C_out + co, acc_m, mask=co_ok & (pid_ci == 0))
     if LEAD:
         if NEED_DDW:
             tl.store(ddw_part + g64 * C_out * (kh_n * KW) + co[None, :] * (kh_n * KW) + taps[:, None], acc_dw,
                      mask=(taps[:, None] < kh_n * KW) & co_ok[None, :])
-        if NEED_DMID:
-            tl.store(dmid_part + g64 * C_out + co, acc_m, mask=co_ok)
         if NEED_DBIAS:
             tl.store(dbias_part + g64 * C_out + co, acc_b, mask=co_ok)

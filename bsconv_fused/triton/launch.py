@@ -14,7 +14,7 @@ import torch
 from .._shapes import empty_output, pw_as_matrix, validate
 from .backward import bsconv_bwd_dx_kernel, bsconv_bwd_w_kernel
 from .forward import bsconv_fwd_flat_kernel, bsconv_fwd_kernel
-from .plan import cdiv, plan_backward, plan_forward, taps_pow2, weight_grad_groups
+from .plan import DDW_REG_MAX_TAPS, cdiv, plan_backward, plan_forward, taps_pow2, weight_grad_groups
 
 Pair = Tuple[int, int]
 
@@ -169,55 +169,62 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
             loops=(Loop("co_blocks", cdiv(g.C_out, p.block_co)),) + kh_loops("dt_kh"),
         ))
     parts = [empty] * 4
-    dpw_parts = []
     if need_dpw or need_ddw or need_db or need_dm:
-        utiles = p.utiles_h * p.utiles_w
-        total = g.N * utiles
         co_blocks = cdiv(g.C_out, p.block_co_w)
         sm = _sm_count(x)
-        # launch 1 (LEAD): d_pw columns [0, lead_ci) with the recomputed t, d_dw and the per-channel sums;
-        # launch 2: the remaining C_in columns of d_pw in blocks of block_ci_w (dt regenerated once per block)
-        lead_cols = min(g.C_in, p.lead_ci)
-        blocks = [(0, 1, p.lead_ci, lead_cols, True)]
-        if need_dpw and g.C_in > lead_cols:
-            rest = g.C_in - lead_cols
-            blocks.append((lead_cols, cdiv(rest, p.block_ci_w), p.block_ci_w, rest, False))
+        # launch 1 (LEAD): recomputes t for d_dw, and d_bias (no dt at all); launch 2: dt and d_pw in C_in blocks
+        # of up to 256 (dt generated once per block), and d_mid (= sum of dt) in its C_in-block-0 programs
+        blocks = []
+        if need_ddw or need_db:
+            blocks.append((1, 0, 0, True))
+        if need_dpw or need_dm:
+            blocks.append((cdiv(g.C_in, p.block_ci_w), p.block_ci_w, g.C_in, False))
 
         def part(groups, *shape):
             return torch.empty((groups,) + shape, dtype=torch.float32, device=x.device)
 
-        flags = dict(NEED_DPW=need_dpw, NEED_DDW=need_ddw, NEED_DBIAS=need_db, NEED_DMID=need_dm,
-                     HAS_MID=mid_bias is not None, TAPS=taps_pow2(g))
-        for ci_start, nci, block_ci, cols, lead in blocks:
+        for nci, block_ci, cols, lead in blocks:
             lead_ddw = lead and need_ddw
-            groups = weight_grad_groups(g, p, co_blocks * nci, cols if need_dpw else 0, sm)
+            qh, qw, lanes, tiles_w = ((p.lqh, p.lqw, p.llanes, p.ltiles_w) if lead else
+                                      (p.wqh, p.wqw, p.wlanes, p.utiles_w))
+            utiles = (p.ltiles_h if lead else p.utiles_h) * tiles_w
+            total = g.N * utiles
+            # d_dw in per-tap register accumulators (all taps unrolled) up to 3x3; per-tap reductions beyond
+            ddw_reg = lead_ddw and taps <= DDW_REG_MAX_TAPS
+            ddw_m = min(lanes, 2048 // p.block_co_w)
+            groups = weight_grad_groups(g, total, co_blocks * nci, cols if (need_dpw and not lead) else 0, sm)
             per_group = cdiv(total, groups)
             groups = cdiv(total, per_group)
-            dpw_part = part(groups, g.C_out, cols) if need_dpw else empty
-            dpw_parts.append(dpw_part)
             if lead:
-                parts = [dpw_part, part(groups, g.C_out, taps) if need_ddw else empty,
-                         part(groups, g.C_out) if need_db else empty, part(groups, g.C_out) if need_dm else empty]
+                parts[1] = part(groups, g.C_out, taps) if need_ddw else empty
+                parts[2] = part(groups, g.C_out) if need_db else empty
+            else:
+                parts[0] = part(groups, g.C_out, g.C_in) if need_dpw else empty
+                parts[3] = part(groups, g.C_out) if need_dm else empty
+            flags = dict(NEED_DPW=need_dpw and not lead, NEED_DDW=lead_ddw, NEED_DBIAS=need_db and lead,
+                         NEED_DMID=need_dm and not lead, HAS_MID=mid_bias is not None, TAPS=taps_pow2(g))
             loops = ((Loop("tiles", total / groups),)
-                     + ((Loop("t_ci", cdiv(g.C_in, p.block_k)),) + kh_loops("ddw_kh") if lead_ddw else ())
-                     + (kh_loops("dt_kh") if need_dpw or (lead and need_dm) else ()))
+                     + ((Loop("t_ci", cdiv(g.C_in, p.block_k)),) + (() if ddw_reg else kh_loops("ddw_kh"))
+                        if lead_ddw else ())
+                     + (kh_loops("dt_kh") if not lead else ()))
             # LEAD with d_dw: one fp32 (lanes, C_out block) slot per program to re-layout t (see the kernel),
             # laid out like grad_y (channels fastest when grad_y's are): L1/L2-resident, never read by the host
             channels_fast = grad_y.stride(1) == 1
-            stq, stc = (p.block_co_w, 1) if channels_fast else (1, p.wlanes)
-            scratch = (torch.empty(co_blocks * nci * groups * p.wlanes * p.block_co_w, dtype=torch.float32,
+            stq, stc = (p.block_co_w, 1) if channels_fast else (1, lanes)
+            scratch = (torch.empty(co_blocks * nci * groups * lanes * p.block_co_w, dtype=torch.float32,
                                    device=x.device) if lead_ddw else empty)
             launches.append(Launch(
                 bsconv_bwd_w_kernel, (co_blocks * nci, groups),
                 (grad_y, x, pw, dwt, mid_bias if mid_bias is not None else dwt,
-                 dpw_part, *(parts[1:] if lead else [empty] * 3), scratch,
+                 *parts, scratch,
                  g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
                  *grad_y.stride(), *x.stride(),
-                 p.utiles_w, utiles, total, per_group, nci, ci_start, cols, stq, stc,
+                 tiles_w, utiles, total, per_group, nci, 0, max(cols, 1), stq, stc,
                  g.padding[0], g.padding[1], g.kh),
                 # no software pipelining: its multi-buffered copies of the tile loop spill the LEAD kernel
-                dict(common, QH=p.wqh, QW=p.wqw, LANES=p.wlanes, BLOCK_CO=p.block_co_w, LEAD=lead,
-                     BLOCK_CI=block_ci, BLOCK_K=p.block_k, num_stages=1, **flags),
+                dict(common, QH=qh, QW=qw, LANES=lanes, BLOCK_CO=p.block_co_w, LEAD=lead,
+                     BLOCK_CI=max(16, block_ci), BLOCK_K=p.block_k, num_stages=1, DDW_REG=ddw_reg,
+                     DDW_KH=g.kh if ddw_reg else 1, DDW_R=lanes // ddw_m, DDW_M=ddw_m, **flags),
                 loops=loops,
             ))
 
@@ -225,8 +232,7 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
         # fixed-order reduction of the group partials: deterministic. Gradients not asked for are fresh empty
         # tensors: a custom op's outputs may not alias each other.
         none = lambda: x.new_empty((0,))  # noqa: E731
-        dpw = (torch.cat([d.sum(0) for d in dpw_parts], dim=1).to(pw.dtype).reshape(pw_shape) if need_dpw
-               else none())
+        dpw = parts[0].sum(0).to(pw.dtype).reshape(pw_shape) if need_dpw else none()
         ddw = parts[1].sum(0).to(dw.dtype).reshape(dw.shape) if need_ddw else none()
         db = parts[2].sum(0).to(x.dtype) if need_db else none()
         dm = parts[3].sum(0).to(x.dtype) if need_dm else none()

@@ -70,9 +70,13 @@ class BackwardPlan:
     wlanes: int
     utiles_h: int
     utiles_w: int
+    lqh: int  # LEAD weight launch (t, d_dw, d_bias): its own tile over max(input, output)
+    lqw: int
+    llanes: int
+    ltiles_h: int
+    ltiles_w: int
     block_co_w: int  # 64 when C_out allows: d_pw = dt^T x then has M = 64 (wgmma) instead of 32 (mma.sync)
-    lead_ci: int  # C_in columns of d_pw done by the LEAD launch (which also recomputes t, d_dw, the biases)
-    block_ci_w: int  # C_in block of the second weight launch (the columns past lead_ci)
+    block_ci_w: int  # C_in block of the d_pw launch (dt is generated once per block)
     block_k: int  # LEAD: C_in chunk of the recomputed intermediate t
     num_warps: int
 
@@ -173,8 +177,8 @@ def _bwd_tile(ext_h: int, ext_w: int, lanes: int) -> Tuple[int, int]:
 # Register budget of the dx accumulator (lanes x C_in block, fp32): 64 registers per thread at 8 warps.
 DX_ACC_VALUES = 16384
 DX_MAX_CI = 256
-W_LEAD_MAX_CI = 128
-W_REST_MAX_CI = 256
+W_DPW_MAX_CI = 256
+DDW_REG_MAX_TAPS = 9  # d_dw in per-tap register accumulators up to 3x3 (LEAD launch)
 BWD_WARPS = 8
 TAP_VALUES_CL = 96
 TAP_VALUES_NCHW = 48
@@ -188,8 +192,8 @@ def _pow2_floor(v: int) -> int:
 @functools.lru_cache(maxsize=1024)
 def plan_backward(g: Geometry, channels_fast: bool = True, itemsize: int = 2) -> BackwardPlan:
     """Backward tiles. The multiplicity of dt (how often it is regenerated from dy) is what the blocks minimise:
-    dx: once per C_in block of up to 256 channels; weight: once in the LEAD launch (d_pw columns up to 128) and
-    once per further C_in block of up to 256."""
+    once per C_in block of up to 256 channels in the dx launch and in the d_pw launch (128 with NCHW grad_y); the
+    LEAD weight launch (t, d_dw, d_bias) needs no dt."""
     block_ci = _dot_block(g.C_in, DX_MAX_CI)
     block_co = _dot_block(g.C_out, 64)
     # The kw taps of one kernel row are unrolled and the compiler issues their loads together: the values a
@@ -203,30 +207,29 @@ def plan_backward(g: Geometry, channels_fast: bool = True, itemsize: int = 2) ->
     qh, qw = _bwd_tile(g.H, g.W, lanes_dx)
     ext_h, ext_w = max(g.H, g.Ho), max(g.W, g.Wo)
     wqh, wqw = _bwd_tile(ext_h, ext_w, max_lanes)
-    # deep layers: the LEAD launch's t recomputation walks C_in > 256 in a loop that needs more registers
-    # (512->512@14 channels_last spills at 128 columns on sm_90); the second launch takes the difference
-    lead_ci = _dot_block(g.C_in, W_LEAD_MAX_CI if g.C_in <= 256 else W_LEAD_MAX_CI // 2)
-    rest = max(0, g.C_in - lead_ci)
+    # LEAD launch (t, d_dw): with register accumulators (up to DDW_REG_MAX_TAPS taps, all unrolled) the taps'
+    # loads sit beside one accumulator per tap: half the lanes (sm_90 spills at the full tile)
+    ddw_reg = g.kh * g.kw <= DDW_REG_MAX_TAPS
+    lqh, lqw = _bwd_tile(ext_h, ext_w, max(16, max_lanes // 2) if ddw_reg else max_lanes)
     return BackwardPlan(
         qh=qh, qw=qw, lanes=max(16, next_pow2(qh * qw)), tiles_h=cdiv(g.H, qh), tiles_w=cdiv(g.W, qw),
         block_co=block_co, block_ci=block_ci,
         wqh=wqh, wqw=wqw, wlanes=max(16, next_pow2(wqh * wqw)), utiles_h=cdiv(ext_h, wqh), utiles_w=cdiv(ext_w, wqw),
-        block_co_w=block_co, lead_ci=lead_ci,
+        lqh=lqh, lqw=lqw, llanes=max(16, next_pow2(lqh * lqw)), ltiles_h=cdiv(ext_h, lqh), ltiles_w=cdiv(ext_w, lqw),
+        block_co_w=block_co,
         # NCHW: the wide block's accumulator plus the scalar loads' addresses spill at 256 (sm_90)
-        block_ci_w=_dot_block(rest, W_REST_MAX_CI if channels_fast else W_REST_MAX_CI // 2) if rest else 0,
+        block_ci_w=_dot_block(g.C_in, W_DPW_MAX_CI if channels_fast else W_DPW_MAX_CI // 2),
         block_k=_dot_block(g.C_in, 32), num_warps=BWD_WARPS,
     )
 
 
-def weight_grad_groups(g: Geometry, plan: BackwardPlan, programs_per_group: int, cols: int,
-                       sm_count: int = 132) -> int:
+def weight_grad_groups(g: Geometry, tiles: int, programs_per_group: int, cols: int, sm_count: int = 132) -> int:
     """How many split-reduction groups one weight-gradient launch uses (each launch sizes its own: the LEAD
-    launch has only C_out/64 programs per group, the other one that many per C_in block).
+    launch has only C_out/64 programs per group, the d_pw launch that many per C_in block).
 
-    Enough programs to fill the GPU a few times over, never more groups than tiles, and a partial-sum buffer of at
-    most 64 MiB for this launch's cols C_in columns (the partials are reduced in a fixed order afterwards:
+    Enough programs to fill the GPU a few times over, never more groups than its tiles, and a partial-sum buffer
+    of at most 64 MiB for this launch's cols C_in columns (the partials are reduced in a fixed order afterwards:
     deterministic, no atomics)."""
-    tiles = g.N * plan.utiles_h * plan.utiles_w
     want = cdiv(4 * sm_count, programs_per_group)
     cap = max(1, (64 << 20) // (4 * g.C_out * max(cols, g.kh * g.kw + 2)))
     return max(1, min(tiles, want, cap))
@@ -249,19 +252,20 @@ def taps_pow2(g: Geometry) -> int:
 @dataclass(frozen=True)
 class BackwardCosts:
     dt_tap: float  # dt generation: dy load (masked, shifted), convert, FMA with the tap weight
-    ddw_tap: float  # LEAD: t * dy and its reduction over the tile's lanes, per tap
+    ddw_reg_tap: float  # LEAD, up to 3x3: t * dy_k into the tap's register accumulator (all taps unrolled)
+    ddw_tap: float  # LEAD, larger kernels: t * dy_k and its reduction over the tile's lanes, per tap
     t_chunk: float  # LEAD: recomputing t, per element and 32-channel chunk of C_in (x loads, wgmma issue)
+    lead_tile: float  # LEAD: per element and tile outside those (t bounce through the scratch slot, d_bias)
     dx_step: float  # dx: per element and C_out step outside the taps (pw tile, dt rounding, wgmma)
-    lead_tile: float  # LEAD: per element and tile outside the loops (t bounce, d_bias, dt^T for d_pw)
-    rest_tile: float  # second weight launch: the same for d_pw only
-    dpw_col: float  # weight launches: per element, tile and (C_in block / C_out block) ratio (x tile, d_pw wgmma)
+    rest_tile: float  # d_pw launch: per element and tile outside the taps (dt^T, d_mid)
+    dpw_col: float  # d_pw launch: per element, tile and (C_in block / C_out block) ratio (x tile, d_pw wgmma)
 
 
 BWD_COSTS = {  # key: channels_last (grad_y channels-fast)
-    True: BackwardCosts(dt_tap=3.7, ddw_tap=7.2, t_chunk=1.45, dx_step=14.0, lead_tile=22.0, rest_tile=6.0,
-                        dpw_col=5.0),
-    False: BackwardCosts(dt_tap=9.0, ddw_tap=13.0, t_chunk=6.1, dx_step=25.0, lead_tile=25.0, rest_tile=6.0,
-                         dpw_col=15.0),
+    True: BackwardCosts(dt_tap=3.7, ddw_reg_tap=4.9, ddw_tap=10.3, t_chunk=2.4, lead_tile=15.0, dx_step=14.0,
+                        rest_tile=8.0, dpw_col=2.5),
+    False: BackwardCosts(dt_tap=9.0, ddw_reg_tap=8.5, ddw_tap=13.2, t_chunk=6.6, lead_tile=30.0, dx_step=27.0,
+                         rest_tile=8.0, dpw_col=12.0),
 }
 
 
@@ -286,7 +290,7 @@ def _itemsize(dtype) -> int:
 
 def predict_backward(g: Geometry, dtype, channels_last: bool = False, dev: Device = Device()) -> dict:
     """Predicted seconds of each backward launch (all gradients asked for): a static prediction from BWD_COSTS,
-    not a measurement. Keys: "dx", "w_lead", "w_rest" (absent when the LEAD launch covers all of C_in)."""
+    not a measurement. Keys: "dx", "w_lead" (t, d_dw, d_bias), "w_rest" (dt, d_pw, d_mid)."""
     c = BWD_COSTS[bool(channels_last)]
     p = plan_backward(g, bool(channels_last), _itemsize(dtype))
     b = _itemsize(dtype)
@@ -306,17 +310,14 @@ def predict_backward(g: Geometry, dtype, channels_last: bool = False, dev: Devic
     progs = g.N * p.tiles_h * p.tiles_w * cdiv(g.C_in, p.block_ci)
     out["dx"] = kernel(progs * steps * elems * (taps * c.dt_tap + c.dx_step), b * (n_x + n_y), G)
     # weight launches: per tile and C_out block
-    welems = p.wlanes * p.block_co_w
+    ltiles = g.N * p.ltiles_h * p.ltiles_w * cdiv(g.C_out, p.block_co_w)
+    ddw = c.ddw_reg_tap if taps <= DDW_REG_MAX_TAPS else c.ddw_tap
+    per = taps * ddw + cdiv(g.C_in, p.block_k) * c.t_chunk + c.lead_tile
+    out["w_lead"] = kernel(ltiles * p.llanes * p.block_co_w * per, b * (n_x + n_y), G)
     tiles = g.N * p.utiles_h * p.utiles_w * cdiv(g.C_out, p.block_co_w)
-    lead_cols = min(g.C_in, p.lead_ci)
-    per = (taps * (c.dt_tap + c.ddw_tap) + cdiv(g.C_in, p.block_k) * c.t_chunk + c.lead_tile
-           + c.dpw_col * p.lead_ci / p.block_co_w)
-    out["w_lead"] = kernel(tiles * welems * per, b * (n_x + n_y), G * (1 + lead_cols / g.C_in))
-    if g.C_in > lead_cols:
-        nci = cdiv(g.C_in - lead_cols, p.block_ci_w)
-        per = taps * c.dt_tap + c.rest_tile + c.dpw_col * p.block_ci_w / p.block_co_w
-        out["w_rest"] = kernel(tiles * nci * welems * per, b * (n_x * (1 - lead_cols / g.C_in) + n_y),
-                               G * (1 - lead_cols / g.C_in))
+    nci = cdiv(g.C_in, p.block_ci_w)
+    per = taps * c.dt_tap + c.rest_tile + c.dpw_col * p.block_ci_w / p.block_co_w
+    out["w_rest"] = kernel(tiles * nci * p.wlanes * p.block_co_w * per, b * (n_x + n_y), 2 * G)
     return out
 
 
