@@ -6,57 +6,94 @@ shifted addresses: no halo, no recomputation, and dt never reaches device memory
 depthwise weight gradient: ddw[o, k] = sum_q t[q, o] * dy[p(q, k), o].
 
 - bsconv_bwd_dx_kernel: dx[q, ci] = sum_o dt[q, o] * pw[o, ci]; one program per (image, input tile, C_in block),
-  looping over C_out blocks (dt regenerated per block from dy).
-- bsconv_bwd_w_kernel: d_pw (= sum_q dt^T x), d_dw, d_mid (= sum of dt over in-image q), d_bias (= sum of dy); one
+  looping over C_out blocks. The plan makes the C_in block as wide as C_in up to 256, so dt is generated once per
+  (tile, C_out block) for every layer up to 256 input channels.
+- bsconv_bwd_w_kernel, two launches: LEAD (t recomputed from x with tl.dot, d_dw, d_bias; no dt) and d_pw
+  (dt, d_pw = sum_q dt^T x in C_in blocks of up to 256, d_mid = sum of dt over in-image q in C_in block 0). One
   program per (C_out block, C_in block, pixel group); each group owns a fixed range of tiles and writes its partial
-  sums to its own slot, and the launcher reduces the slots in a fixed order: deterministic, no atomics. The
-  intermediate t (for d_dw) is recomputed from x with tl.dot, only by the C_in-block-0 programs.
+  sums to its own slot, and the launcher reduces the slots in a fixed order: deterministic, no atomics. Each launch
+  has its own group count and tile.
+
+How dt is generated (the hot loop of both kernels). The tap geometry is split by axis: per tile and kernel row kh,
+one row offset and row mask per lane (runtime kh loop, computed once per C_out block); per kernel column kw
+(unrolled: static_range) one column offset and mask. Within-image offsets are int32 when the launcher proved
+every offset of the image fits (OFF64 = False); only the image base is 64-bit. The depthwise weights come
+pre-transposed to (taps, C_out) fp32, so each tap's weights are one contiguous vector load per thread, not one
+16-bit load per channel.
+
+Static predictions, not GPU timings (sm_90 SASS of the JIT-specialised launches x the H100 per-SM throughput
+model, lower bounds; N=64 fp16; method and per-kernel split in docs/triton-backward.md). Backward total of the
+three launches in us, channels_last / NCHW, (before this design), and the ideal unfused roofline:
+  32->64@112      298 / 546  (579 / 1102)  unfused 240     64->128@56    150 / 350  (384 / 843)   unfused 120
+  128->128@28      50 /  90  (176 / 339)   unfused 34.3    256->256@28   101 / 239  (411 / 967)   unfused 68.6
+  128->256@28 s2   88 / 250  (363 / 835)   unfused 47.1    128->128@28 K5 148 / 268 (438 / 885)  unfused 34.3
+  512->512@14     100 / 247  (437 / 1342)  unfused 35.9    1024->1024@7   98 / 322  (472 / 1284)  unfused 27.4
+i.e. 0.23-0.81x of the ideal unfused backward in channels_last, 0.09-0.44x in NCHW: still slower than it
+(plan.backward_loses says so). The largest remaining costs: dt generated in both the dx and the d_pw launch,
+the LEAD launch's per-tap work, and scalar dy loads in NCHW.
 
 Traffic of both kernels together, counted through the interpreter (benchmarks/results/traffic.md, N=1, fp32):
-unique bytes are 1.03-1.83x the two-kernel bound of performance.md (each kernel reads x and dy once; the rest is the
-fp32 group partials of the weight gradients, large relative to dx at N=1 only: their count is capped by the SM
-count, not the batch); tl.dot work is 3.4-4.1x the pointwise GEMM against an ideal of 3 (dx, d_pw and the
-recomputed t, times the lane padding of the tile). Requested bytes are several times the unique ones: the K*K
-shifted reads of dy, L1/L2 hits on a GPU. dt and t never reach memory.
+each kernel reads x and dy once; the rest is the fp32 group partials of the weight gradients (their count is
+capped by the SM count, not the batch). dt and t never reach memory.
 """
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _dy_tap(gy_n, ih, iw, q_ok, co, co_ok, sgc, sgh, sgw, Ho, Wo, PH, PW, kh, kw,
-            SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr):
-    """dy[p(q, tap), co] for every lane q (0 where no output pixel read q through this tap), in fp32."""
-    nh = ih + PH - kh * DH
-    nw = iw + PW - kw * DW
-    # clamp before dividing: // and % of negatives differ between the interpreter and the GPU
-    nh_c = tl.maximum(nh, 0)
-    nw_c = tl.maximum(nw, 0)
-    oh = nh_c // SH
-    ow = nw_c // SW
-    ok = q_ok & (nh >= 0) & (nw >= 0) & (oh < Ho) & (ow < Wo)
-    if SH > 1:
-        ok = ok & (nh_c % SH == 0)
-    if SW > 1:
-        ok = ok & (nw_c % SW == 0)
-    off = oh.to(tl.int64) * sgh + ow.to(tl.int64) * sgw
-    v = tl.load(gy_n + off[:, None] + co[None, :].to(tl.int64) * sgc, mask=ok[:, None] & co_ok[None, :], other=0.0)
-    return v.to(tl.float32)
+def _axis_tap(i, k, P, D: tl.constexpr, S: tl.constexpr, n_out):
+    """The output index along one axis that read input index i through kernel index k, and whether it exists."""
+    n = i + P - k * D
+    if S == 1:
+        # no division: out-of-range (incl. negative) indices are masked, never dereferenced
+        o = n
+        ok = (n >= 0) & (n < n_out)
+    else:
+        # clamp before dividing: // and % of negatives differ between the interpreter and the GPU
+        n_c = tl.maximum(n, 0)
+        o = n_c // S
+        ok = (n >= 0) & (o < n_out) & (n_c % S == 0)
+    return o, ok
+
+
+@triton.jit
+def _dt_block(gy_n, dwt_ptr, ih, iw, q_ok, co, co_ok, coff, sgh, sgw, C_out, Ho, Wo, PH, PW, kh_n,
+              KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+              OFF64: tl.constexpr, LANES: tl.constexpr, BLOCK_CO: tl.constexpr):
+    """dt[q, co] = sum over taps of dw[co, tap] * dy[p(q, tap), co], in fp32."""
+    dt = tl.zeros((LANES, BLOCK_CO), dtype=tl.float32)
+    # kh_n is KH passed at run time: a runtime loop the compiler cannot unroll, so the SASS loop structure (and
+    # the register use) does not depend on KH; the kw taps are unrolled (their column geometry is immediate math)
+    for kh in range(kh_n):
+        oh, okh = _axis_tap(ih, kh, PH, DH, SH, Ho)
+        if OFF64:
+            oh = oh.to(tl.int64)
+        roff = oh * sgh
+        rok = q_ok & okh
+        for kw in tl.static_range(KW):
+            ow, okw = _axis_tap(iw, kw, PW, DW, SW, Wo)
+            if OFF64:
+                ow = ow.to(tl.int64)
+            off = roff + ow * sgw
+            dy = tl.load(gy_n + off[:, None] + coff[None, :], mask=(rok & okw)[:, None] & co_ok[None, :], other=0.0)
+            wv = tl.load(dwt_ptr + (kh * KW + kw) * C_out + co, mask=co_ok, other=0.0)
+            dt += dy.to(tl.float32) * wv[None, :]
+    return dt
 
 
 @triton.jit
 def bsconv_bwd_dx_kernel(
-    gy_ptr, pw_ptr, dw_ptr, dx_ptr,
+    gy_ptr, pw_ptr, dwt_ptr, dx_ptr,
     C_in, C_out, H, W, Ho, Wo,
     sgn, sgc, sgh, sgw,
     sdn, sdc, sdh, sdw,
     tiles_w, tiles_per_img,
-    PH, PW,
-    KH: tl.constexpr, KW: tl.constexpr,
+    PH, PW, kh_n,
+    KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     QH: tl.constexpr, QW: tl.constexpr, LANES: tl.constexpr,
     BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
-    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    OFF64: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     # 1-D grid, C_in block fastest (programs of one tile share its dy loads in L2)
     pid = tl.program_id(0)
@@ -77,15 +114,9 @@ def bsconv_bwd_dx_kernel(
     for co0 in range(0, C_out, BLOCK_CO):
         co = co0 + tl.arange(0, BLOCK_CO)
         co_ok = co < C_out
-        dt = tl.zeros((LANES, BLOCK_CO), dtype=tl.float32)
-        # a runtime loop over taps, not an unrolled one: unrolled, the compiler hoists every tap's loads and
-        # address tensors together and spills (seen in the sm_90 cubin's resource usage)
-        for tap in range(KH * KW):
-            kh = tap // KW
-            kw = tap % KW
-            dy = _dy_tap(gy_n, ih, iw, q_ok, co, co_ok, sgc, sgh, sgw, Ho, Wo, PH, PW, kh, kw, SH, SW, DH, DW)
-            wv = tl.load(dw_ptr + co * (KH * KW) + tap, mask=co_ok, other=0.0).to(tl.float32)
-            dt += dy * wv[None, :]
+        coff = co.to(tl.int64) * sgc if OFF64 else co * sgc
+        dt = _dt_block(gy_n, dwt_ptr, ih, iw, q_ok, co, co_ok, coff, sgh, sgw, C_out, Ho, Wo, PH, PW, kh_n,
+                       KW, SH, SW, DH, DW, OFF64, LANES, BLOCK_CO)
         wt = tl.load(pw_ptr + co[:, None] * C_in + ci[None, :], mask=co_ok[:, None] & ci_ok[None, :], other=0.0)
         if UPCAST:
             acc = tl.dot(dt, wt.to(tl.float32), acc, input_precision=INPUT_PRECISION)
@@ -93,30 +124,39 @@ def bsconv_bwd_dx_kernel(
             # dt is rounded to the weight dtype for the tensor cores, as the unfused path stores it
             acc = tl.dot(dt.to(wt.dtype), wt, acc, input_precision=INPUT_PRECISION)
 
-    dx_off = n.to(tl.int64) * sdn + ih.to(tl.int64) * sdh + iw.to(tl.int64) * sdw
-    tl.store(dx_ptr + dx_off[:, None] + ci[None, :].to(tl.int64) * sdc, acc.to(dx_ptr.dtype.element_ty),
+    if OFF64:
+        dx_off = ih.to(tl.int64) * sdh + iw.to(tl.int64) * sdw
+        cio = ci.to(tl.int64) * sdc
+    else:
+        dx_off = ih * sdh + iw * sdw
+        cio = ci * sdc
+    dx_n = dx_ptr + n.to(tl.int64) * sdn
+    tl.store(dx_n + dx_off[:, None] + cio[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=q_ok[:, None] & ci_ok[None, :])
 
 
 @triton.jit
 def bsconv_bwd_w_kernel(
-    gy_ptr, x_ptr, pw_ptr, dw_ptr, mid_ptr,
-    dpw_part, ddw_part, dbias_part, dmid_part,
+    gy_ptr, x_ptr, pw_ptr, dwt_ptr, mid_ptr,
+    dpw_part, ddw_part, dbias_part, dmid_part, t_scratch,
     C_in, C_out, H, W, Ho, Wo,
     sgn, sgc, sgh, sgw,
     sxn, sxc, sxh, sxw,
-    utiles_w, utiles_per_img, total_tiles, tiles_per_group, ci_blocks, ci_start,
-    PH, PW,
-    KH: tl.constexpr, KW: tl.constexpr, TAPS: tl.constexpr,
+    utiles_w, utiles_per_img, total_tiles, tiles_per_group, ci_blocks, ci_start, dpw_cols,
+    stq, stc,
+    PH, PW, kh_n,
+    KW: tl.constexpr, TAPS: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     QH: tl.constexpr, QW: tl.constexpr, LANES: tl.constexpr,
     BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_K: tl.constexpr,
     NEED_DPW: tl.constexpr, NEED_DDW: tl.constexpr, NEED_DBIAS: tl.constexpr, NEED_DMID: tl.constexpr,
     HAS_MID: tl.constexpr, LEAD: tl.constexpr,
-    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    DDW_REG: tl.constexpr, DDW_KH: tl.constexpr, DDW_R: tl.constexpr, DDW_M: tl.constexpr,
+    OFF64: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    # LEAD programs (launched for C_in block 0) also do the per-channel reductions: d_dw needs the full pointwise
-    # conv, which only they recompute. A compile-time flag, so the other launch carries none of that code.
+    # LEAD programs also do the per-channel reductions: d_dw needs the full pointwise conv, which only they
+    # recompute. A compile-time flag, so the other launch carries none of that code.
+    # dpw_part of this launch holds only its own C_in columns [ci_start, ci_start + dpw_cols).
     pid_c = tl.program_id(0)
     grp = tl.program_id(1)
     pid_co = pid_c // ci_blocks
@@ -124,8 +164,11 @@ def bsconv_bwd_w_kernel(
 
     co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     co_ok = co < C_out
-    ci_blk = ci_start + pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
-    ci_blk_ok = ci_blk < C_in
+    coff = co.to(tl.int64) * sgc if OFF64 else co * sgc
+    ci_loc = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    ci_blk = ci_start + ci_loc
+    ci_blk_ok = (ci_loc < dpw_cols) & (ci_blk < C_in)
+    cxo = ci_blk.to(tl.int64) * sxc if OFF64 else ci_blk * sxc
     q = tl.arange(0, LANES)
     taps = tl.arange(0, TAPS)
     if HAS_MID:
@@ -135,6 +178,22 @@ def bsconv_bwd_w_kernel(
     acc_dw = tl.zeros((TAPS, BLOCK_CO), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     acc_m = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    lane_ok = q < QH * QW
+
+    if LEAD:
+        # The LEAD sums (d_dw per tap, d_bias) use register accumulators reduced across threads once per program,
+        # not per tap and tile: the tile is viewed as (DDW_R, DDW_M, BLOCK_CO) lanes x channels with DDW_M x
+        # BLOCK_CO spanning the CTA's threads, so each tile's sum over DDW_R stays inside a thread.
+        q3 = tl.arange(0, DDW_R)[:, None, None] * DDW_M + tl.arange(0, DDW_M)[None, :, None]
+        c3 = tl.arange(0, BLOCK_CO)[None, None, :]
+        co3_ok = pid_co * BLOCK_CO + c3 < C_out
+        coff3 = (pid_co * BLOCK_CO + c3).to(tl.int64) * sgc if OFF64 else (pid_co * BLOCK_CO + c3) * sgc
+        acc_b3 = tl.zeros((DDW_M, BLOCK_CO), dtype=tl.float32)
+    if NEED_DDW and LEAD and DDW_REG:
+        # one accumulator per tap: all taps unrolled (DDW_KH = KH kernel rows)
+        accs = ()
+        for k in tl.static_range(DDW_KH * KW):
+            accs = accs + (tl.zeros((DDW_M, BLOCK_CO), dtype=tl.float32),)
 
     t_begin = grp * tiles_per_group
     for tt in range(t_begin, tl.minimum(t_begin + tiles_per_group, total_tiles)):
@@ -142,64 +201,112 @@ def bsconv_bwd_w_kernel(
         tile = tt % utiles_per_img
         rr = (tile // utiles_w) * QH + q // QW
         cc = (tile % utiles_w) * QW + q % QW
-        lane_ok = q < QH * QW
         q_ok = lane_ok & (rr < H) & (cc < W)  # lanes as input pixels
         gy_n = gy_ptr + n.to(tl.int64) * sgn
-        x_pix = x_ptr + n.to(tl.int64) * sxn + rr.to(tl.int64) * sxh + cc.to(tl.int64) * sxw
+        if OFF64:
+            x_off = rr.to(tl.int64) * sxh + cc.to(tl.int64) * sxw
+        else:
+            x_off = rr * sxh + cc * sxw
+        x_n = x_ptr + n.to(tl.int64) * sxn
 
         if NEED_DDW and LEAD:
             t = tl.zeros((LANES, BLOCK_CO), dtype=tl.float32)
-            # the recomputation of t walks C_in in chunks of BLOCK_K (smaller than the d_pw block: registers)
+            # the recomputation of t walks C_in in chunks of BLOCK_K
             for ci0 in range(0, C_in, BLOCK_K):
                 ci = ci0 + tl.arange(0, BLOCK_K)
                 ci_ok = ci < C_in
-                xt = tl.load(x_pix[:, None] + ci[None, :].to(tl.int64) * sxc, mask=q_ok[:, None] & ci_ok[None, :],
+                cio = ci.to(tl.int64) * sxc if OFF64 else ci * sxc
+                xt = tl.load(x_n + x_off[:, None] + cio[None, :], mask=q_ok[:, None] & ci_ok[None, :], other=0.0)
+                wt = tl.load(pw_ptr + co[None, :] * C_in + ci[:, None], mask=ci_ok[:, None] & co_ok[None, :],
                              other=0.0)
-                wt = tl.load(pw_ptr + co[None, :] * C_in + ci[:, None], mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
                 if UPCAST:
                     xt = xt.to(tl.float32)
                     wt = wt.to(tl.float32)
                 t = tl.dot(xt, wt, t, input_precision=INPUT_PRECISION)
             if HAS_MID:
                 t += tl.where(q_ok[:, None], mb[None, :], 0.0)
-
-        dt = tl.zeros((LANES, BLOCK_CO), dtype=tl.float32)
-        for tap in range(KH * KW):  # runtime loop: see the dx kernel
-            kh = tap // KW
-            kw = tap % KW
-            dy = _dy_tap(gy_n, rr, cc, q_ok, co, co_ok, sgc, sgh, sgw, Ho, Wo, PH, PW, kh, kw, SH, SW, DH, DW)
-            wv = tl.load(dw_ptr + co * (KH * KW) + tap, mask=co_ok, other=0.0).to(tl.float32)
-            dt += dy * wv[None, :]
-            if NEED_DDW and LEAD:
-                contrib = tl.sum(t * dy, axis=0)
-                acc_dw += tl.where(taps[:, None] == tap, contrib[None, :], 0.0)
-
-        if NEED_DPW:
-            xb = tl.load(x_pix[:, None] + ci_blk[None, :].to(tl.int64) * sxc,
-                         mask=q_ok[:, None] & ci_blk_ok[None, :], other=0.0)
-            if UPCAST:
-                acc_pw = tl.dot(tl.trans(dt), xb.to(tl.float32), acc_pw, input_precision=INPUT_PRECISION)
+            # t comes out of tl.dot in the MMA layout; the d_dw products below want the layout of the dy loads.
+            # Left alone the compiler converts every tap's dy to the MMA layout (smem round trip per tap). Bounced
+            # once per tile through this program's scratch slot (L1/L2-resident, laid out like dy: stq/stc), t is
+            # loaded straight in the dy layout. The barriers order the slot's reuse between tiles.
+            t_slot = t_scratch + (pid_c.to(tl.int64) * tl.num_programs(1) + grp) * (LANES * BLOCK_CO)
+            t_off = q[:, None] * stq + tl.arange(0, BLOCK_CO)[None, :] * stc
+            tl.debug_barrier()
+            tl.store(t_slot + t_off, t)
+            tl.debug_barrier()
+            if DDW_REG:
+                t3 = tl.load(t_slot + q3 * stq + c3 * stc)
+                rr3 = (tile // utiles_w) * QH + q3 // QW
+                cc3 = (tile % utiles_w) * QW + q3 % QW
+                q3_ok = (q3 < QH * QW) & (rr3 < H) & (cc3 < W) & co3_ok
+                new = ()
+                for kh in tl.static_range(DDW_KH):
+                    oh3, okh3 = _axis_tap(rr3, kh, PH, DH, SH, Ho)
+                    if OFF64:
+                        oh3 = oh3.to(tl.int64)
+                    for kw in tl.static_range(KW):
+                        ow3, okw3 = _axis_tap(cc3, kw, PW, DW, SW, Wo)
+                        if OFF64:
+                            ow3 = ow3.to(tl.int64)
+                        dy3 = tl.load(gy_n + oh3 * sgh + ow3 * sgw + coff3, mask=q3_ok & okh3 & okw3, other=0.0)
+                        new = new + (accs[kh * KW + kw] + tl.sum(t3 * dy3.to(tl.float32), axis=0),)
+                accs = new
             else:
-                acc_pw = tl.dot(tl.trans(dt.to(xb.dtype)), xb, acc_pw, input_precision=INPUT_PRECISION)
-        if NEED_DMID and LEAD:
-            acc_m += tl.sum(dt, axis=0)
+                t = tl.load(t_slot + t_off)
+            if not DDW_REG:
+                # d_dw[co, tap] = sum_q t[q, co] dy[p(q, tap), co]: the dt loop below, with t as the weight
+                for kh in range(kh_n):
+                    oh, okh = _axis_tap(rr, kh, PH, DH, SH, Ho)
+                    if OFF64:
+                        oh = oh.to(tl.int64)
+                    roff = oh * sgh
+                    rok = q_ok & okh
+                    for kw in tl.static_range(KW):
+                        ow, okw = _axis_tap(cc, kw, PW, DW, SW, Wo)
+                        if OFF64:
+                            ow = ow.to(tl.int64)
+                        dy = tl.load(gy_n + (roff + ow * sgw)[:, None] + coff[None, :],
+                                     mask=(rok & okw)[:, None] & co_ok[None, :], other=0.0)
+                        contrib = tl.sum(t * dy.to(tl.float32), axis=0)
+                        acc_dw += tl.where(taps[:, None] == kh * KW + kw, contrib[None, :], 0.0)
+
+        if NEED_DPW or NEED_DMID:
+            dt = _dt_block(gy_n, dwt_ptr, rr, cc, q_ok, co, co_ok, coff, sgh, sgw, C_out, Ho, Wo, PH, PW, kh_n,
+                           KW, SH, SW, DH, DW, OFF64, LANES, BLOCK_CO)
+            if NEED_DPW:
+                xb = tl.load(x_n + x_off[:, None] + cxo[None, :], mask=q_ok[:, None] & ci_blk_ok[None, :],
+                             other=0.0)
+                if UPCAST:
+                    acc_pw = tl.dot(tl.trans(dt), xb.to(tl.float32), acc_pw, input_precision=INPUT_PRECISION)
+                else:
+                    acc_pw = tl.dot(tl.trans(dt.to(xb.dtype)), xb, acc_pw, input_precision=INPUT_PRECISION)
+            if NEED_DMID:
+                acc_m += tl.sum(dt, axis=0)
         if NEED_DBIAS and LEAD:
             # the same lanes read as output pixels: the tile grid spans max(input, output) so each is seen once
-            p_ok = lane_ok & (rr < Ho) & (cc < Wo)
-            off = rr.to(tl.int64) * sgh + cc.to(tl.int64) * sgw
-            dyp = tl.load(gy_n + off[:, None] + co[None, :].to(tl.int64) * sgc, mask=p_ok[:, None] & co_ok[None, :],
-                          other=0.0)
-            acc_b += tl.sum(dyp.to(tl.float32), axis=0)
+            rp = (tile // utiles_w) * QH + q3 // QW
+            cp = (tile % utiles_w) * QW + q3 % QW
+            p_ok = (q3 < QH * QW) & (rp < Ho) & (cp < Wo) & co3_ok
+            if OFF64:
+                rp = rp.to(tl.int64)
+                cp = cp.to(tl.int64)
+            dyp = tl.load(gy_n + rp * sgh + cp * sgw + coff3, mask=p_ok, other=0.0)
+            acc_b3 += tl.sum(dyp.to(tl.float32), axis=0)
 
+    if NEED_DBIAS and LEAD:
+        acc_b = tl.sum(acc_b3, axis=0)
+    if NEED_DDW and LEAD and DDW_REG:
+        for k in tl.static_range(DDW_KH * KW):
+            acc_dw += tl.where(taps[:, None] == k, tl.sum(accs[k], axis=0)[None, :], 0.0)
     g64 = grp.to(tl.int64)
     if NEED_DPW:
-        tl.store(dpw_part + g64 * C_out * C_in + co[:, None] * C_in + ci_blk[None, :], acc_pw,
+        tl.store(dpw_part + g64 * C_out * dpw_cols + co[:, None] * dpw_cols + ci_loc[None, :], acc_pw,
                  mask=co_ok[:, None] & ci_blk_ok[None, :])
+    if NEED_DMID:
+        tl.store(dmid_part + g64 * C_out + co, acc_m, mask=co_ok & (pid_ci == 0))
     if LEAD:
         if NEED_DDW:
-            tl.store(ddw_part + g64 * C_out * (KH * KW) + co[None, :] * (KH * KW) + taps[:, None], acc_dw,
-                     mask=(taps[:, None] < KH * KW) & co_ok[None, :])
-        if NEED_DMID:
-            tl.store(dmid_part + g64 * C_out + co, acc_m, mask=co_ok)
+            tl.store(ddw_part + g64 * C_out * (kh_n * KW) + co[None, :] * (kh_n * KW) + taps[:, None], acc_dw,
+                     mask=(taps[:, None] < kh_n * KW) & co_ok[None, :])
         if NEED_DBIAS:
             tl.store(dbias_part + g64 * C_out + co, acc_b, mask=co_ok)

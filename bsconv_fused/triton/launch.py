@@ -14,7 +14,7 @@ import torch
 from .._shapes import empty_output, pw_as_matrix, validate
 from .backward import bsconv_bwd_dx_kernel, bsconv_bwd_w_kernel
 from .forward import bsconv_fwd_flat_kernel, bsconv_fwd_kernel
-from .plan import cdiv, plan_backward, plan_forward, taps_pow2, weight_grad_groups
+from .plan import DDW_REG_MAX_TAPS, cdiv, plan_backward, plan_forward, taps_pow2, weight_grad_groups
 
 Pair = Tuple[int, int]
 
@@ -129,6 +129,23 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
     return y, [launch]
 
 
+def _max_offset(shape, strides) -> int:
+    return sum((n - 1) * abs(st) for n, st in zip(shape, strides) if n > 0)
+
+
+def _needs_64bit(*tensors) -> bool:
+    """Whether an element offset inside one image (dims 1..3) can reach 2^31 in any of the tensors: the kernels
+    then compute within-image offsets in int64 (the image base always is)."""
+    return any(_max_offset(t.shape[1:], t.stride()[1:]) >= 2**31 for t in tensors)
+
+
+def _vector_channels(t: torch.Tensor) -> bool:
+    """Whether the JIT will prove 16-byte vector loads along t's channels: channel stride 1 (an int equal to 1 is
+    specialised to a constant) and the other strides and the base address divisible by 16 (tt.divisibility)."""
+    return (t.stride(1) == 1 and all(s % 16 == 0 for i, s in enumerate(t.stride()) if i != 1)
+            and t.data_ptr() % 16 == 0)
+
+
 def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], stride: Pair, padding: Pair,
                       dilation: Pair, output_mask) -> Tuple[List[Launch], Callable[[], Tuple[torch.Tensor, ...]]]:
     """The launches of the backward and the function that finishes it (reduces the group partials)."""
@@ -141,69 +158,96 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
     need_dm = need_dm and mid_bias is not None
     pw_shape = pw.shape
     pw = pw_as_matrix(pw).contiguous()
-    dw = dw.contiguous()
+    taps = g.kh * g.kw
+    # depthwise weights as (taps, C_out) fp32: one contiguous vector load per tap and thread in the dt loop
+    dwt = dw.reshape(g.C_out, taps).t().float().contiguous()
     mid_bias = mid_bias.contiguous() if mid_bias is not None else None
-    p = plan_backward(g)
+    # a channels-fast grad_y (channels_last, aligned) loads 8 channels per vector; otherwise every element is a
+    # scalar load with its own address, and the plan takes fewer lanes to keep the unrolled taps in registers
+    p = plan_backward(g, _vector_channels(grad_y), x.element_size())
     upcast, precision = _dtype_flags(x.dtype)
     empty = x.new_empty((0,))
-    common = dict(KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
-                  QH=p.qh, QW=p.qw, LANES=p.lanes, BLOCK_CO=p.block_co,
-                  UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps)
-    co_blocks = cdiv(g.C_out, p.block_co)
+    off64 = _needs_64bit(grad_y, x)
+    common = dict(KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
+                  OFF64=off64, UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps)
+    # the kernel-row loop is a runtime loop over kh_n = KH (see _dt_block); a KH of 1 is specialised away by the
+    # JIT (ints equal to 1 become constants), and so is its loop
+    kh_loops = lambda name: (Loop(name, g.kh),) if g.kh > 1 else ()  # noqa: E731
     launches = []
     dx = empty
     if need_dx:
         dx = empty_output(x, x.shape)
+        off64 = off64 or _needs_64bit(dx)
         tiles = p.tiles_h * p.tiles_w
         launches.append(Launch(
             bsconv_bwd_dx_kernel, (cdiv(g.C_in, p.block_ci) * g.N * tiles,),
-            (grad_y, pw, dw, dx,
+            (grad_y, pw, dwt, dx,
              g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
              *grad_y.stride(), *dx.stride(),
              p.tiles_w, tiles,
-             g.padding[0], g.padding[1]),
-            dict(common, BLOCK_CI=p.block_ci),
-            # the tap loop is unrolled on some small channels_last tiles (7x7 maps at N=64), kept elsewhere
-            loops=_channel_loop("c_out", g.C_out, p.block_co) + _const_loops(Loop("tap", g.kh * g.kw, optional=True)),
+             g.padding[0], g.padding[1], g.kh),
+            dict(common, OFF64=off64, QH=p.qh, QW=p.qw, LANES=p.lanes, BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci),
+            loops=(Loop("co_blocks", cdiv(g.C_out, p.block_co)),) + kh_loops("dt_kh"),
         ))
     parts = [empty] * 4
     if need_dpw or need_ddw or need_db or need_dm:
-        utiles = p.utiles_h * p.utiles_w
-        total = g.N * utiles
-        # launch 1 (LEAD): the first C_in block of d_pw (narrow: it also holds the recomputed t) with the
-        # per-channel reductions; launch 2: the remaining C_in of d_pw in wide blocks
-        rest = max(0, g.C_in - p.block_k)
-        blocks = [(0, 1, p.block_k, True)]
-        if need_dpw and rest:
-            blocks.append((p.block_k, cdiv(rest, p.block_ci_w), p.block_ci_w, False))
-        groups = weight_grad_groups(g, p, co_blocks, sum(b[1] for b in blocks), _sm_count(x))
-        per_group = cdiv(total, groups)
-        groups = cdiv(total, per_group)
+        co_blocks = cdiv(g.C_out, p.block_co_w)
+        sm = _sm_count(x)
+        # launch 1 (LEAD): recomputes t for d_dw, and d_bias (no dt at all); launch 2: dt and d_pw in C_in blocks
+        # of up to 256 (dt generated once per block), and d_mid (= sum of dt) in its C_in-block-0 programs
+        blocks = []
+        if need_ddw or need_db:
+            blocks.append((1, 0, 0, True))
+        if need_dpw or need_dm:
+            blocks.append((cdiv(g.C_in, p.block_ci_w), p.block_ci_w, g.C_in, False))
 
-        def part(*shape):
+        def part(groups, *shape):
             return torch.empty((groups,) + shape, dtype=torch.float32, device=x.device)
 
-        parts = [part(g.C_out, g.C_in) if need_dpw else empty, part(g.C_out, g.kh * g.kw) if need_ddw else empty,
-                 part(g.C_out) if need_db else empty, part(g.C_out) if need_dm else empty]
-        flags = dict(NEED_DPW=need_dpw, NEED_DDW=need_ddw, NEED_DBIAS=need_db, NEED_DMID=need_dm,
-                     HAS_MID=mid_bias is not None, TAPS=taps_pow2(g))
-        for ci_start, nci, block_ci, lead in blocks:
+        for nci, block_ci, cols, lead in blocks:
+            lead_ddw = lead and need_ddw
+            qh, qw, lanes, tiles_w = ((p.lqh, p.lqw, p.llanes, p.ltiles_w) if lead else
+                                      (p.wqh, p.wqw, p.wlanes, p.utiles_w))
+            utiles = (p.ltiles_h if lead else p.utiles_h) * tiles_w
+            total = g.N * utiles
+            # d_dw in per-tap register accumulators (all taps unrolled) up to 3x3; per-tap reductions beyond
+            ddw_reg = lead_ddw and taps <= DDW_REG_MAX_TAPS
+            ddw_m = min(lanes, 2048 // p.block_co_w)
+            groups = weight_grad_groups(g, total, co_blocks * nci, cols if (need_dpw and not lead) else 0, sm)
+            per_group = cdiv(total, groups)
+            groups = cdiv(total, per_group)
+            if lead:
+                parts[1] = part(groups, g.C_out, taps) if need_ddw else empty
+                parts[2] = part(groups, g.C_out) if need_db else empty
+            else:
+                parts[0] = part(groups, g.C_out, g.C_in) if need_dpw else empty
+                parts[3] = part(groups, g.C_out) if need_dm else empty
+            flags = dict(NEED_DPW=need_dpw and not lead, NEED_DDW=lead_ddw, NEED_DBIAS=need_db and lead,
+                         NEED_DMID=need_dm and not lead, HAS_MID=mid_bias is not None, TAPS=taps_pow2(g))
+            # the tile loop of a group: at one tile per group LLVM removes it for some bodies and keeps it for others
+            loops = ((Loop("tiles", total / groups, optional=per_group == 1),)
+                     + ((Loop("t_ci", cdiv(g.C_in, p.block_k)),) + (() if ddw_reg else kh_loops("ddw_kh"))
+                        if lead_ddw else ())
+                     + (kh_loops("dt_kh") if not lead else ()))
+            # LEAD with d_dw: one fp32 (lanes, C_out block) slot per program to re-layout t (see the kernel),
+            # laid out like grad_y (channels fastest when grad_y's are): L1/L2-resident, never read by the host
+            channels_fast = grad_y.stride(1) == 1
+            stq, stc = (p.block_co_w, 1) if channels_fast else (1, lanes)
+            scratch = (torch.empty(co_blocks * nci * groups * lanes * p.block_co_w, dtype=torch.float32,
+                                   device=x.device) if lead_ddw else empty)
             launches.append(Launch(
                 bsconv_bwd_w_kernel, (co_blocks * nci, groups),
-                (grad_y, x, pw, dw, mid_bias if mid_bias is not None else dw,
-                 *parts,
+                (grad_y, x, pw, dwt, mid_bias if mid_bias is not None else dwt,
+                 *parts, scratch,
                  g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
                  *grad_y.stride(), *x.stride(),
-                 p.utiles_w, utiles, total, per_group, nci, ci_start,
-                 g.padding[0], g.padding[1]),
+                 tiles_w, utiles, total, per_group, nci, 0, max(cols, 1), stq, stc,
+                 g.padding[0], g.padding[1], g.kh),
                 # no software pipelining: its multi-buffered copies of the tile loop spill the LEAD kernel
-                dict(LEAD=lead, BLOCK_CI=block_ci, BLOCK_K=p.block_k, num_stages=1, **flags, **common),
-                # tiles of the group (the average: the last group may hold fewer; at one tile per group LLVM removes
-                # the loop for some bodies and keeps it for others), then for LEAD the C_in chunks of the recomputed
-                # t, then the taps (unrolled like dx's on small channels_last tiles; never seen in the LEAD body)
-                loops=(Loop("tile", total / groups, optional=per_group == 1),)
-                + (_channel_loop("c_in", g.C_in, p.block_k) if lead and need_ddw else ())
-                + _const_loops(Loop("tap", g.kh * g.kw, optional=not lead)),
+                dict(common, QH=qh, QW=qw, LANES=lanes, BLOCK_CO=p.block_co_w, LEAD=lead,
+                     BLOCK_CI=max(16, block_ci), BLOCK_K=p.block_k, num_stages=1, DDW_REG=ddw_reg,
+                     DDW_KH=g.kh if ddw_reg else 1, DDW_R=lanes // ddw_m, DDW_M=ddw_m, **flags),
+                loops=loops,
             ))
 
     def finish():

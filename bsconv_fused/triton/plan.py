@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 from .._shapes import Geometry
 
@@ -57,18 +58,30 @@ class ForwardPlan:
 
 @dataclass(frozen=True)
 class BackwardPlan:
-    qh: int  # input-resolution tile rows
+    # dx kernel: input-resolution tile (no halo), one program per (image, tile, C_in block)
+    qh: int
     qw: int
     lanes: int  # next_pow2(qh * qw)
-    tiles_h: int  # over the input (dx kernel)
+    tiles_h: int
     tiles_w: int
-    utiles_h: int  # over max(input, output) extent (weight kernel: d_bias reads every output pixel)
+    block_co: int  # C_out step of the dx kernel's loop (the K of its dt @ pw GEMM)
+    block_ci: int  # dx kernel: C_in block (as wide as C_in up to 256: dt is generated once per C_in block)
+    # weight kernels: tile over max(input, output) extent (d_bias reads every output pixel)
+    wqh: int
+    wqw: int
+    wlanes: int
+    utiles_h: int
     utiles_w: int
-    block_co: int
-    block_ci: int  # dx kernel: C_in block of the dx tile
-    block_ci_w: int  # weight kernel: C_in block of d_pw (the C_in blocks each regenerate dt from dy)
-    block_k: int  # weight kernel: C_in chunk of the recomputed intermediate
+    lqh: int  # LEAD weight launch (t, d_dw, d_bias): its own tile over max(input, output)
+    lqw: int
+    llanes: int
+    ltiles_h: int
+    ltiles_w: int
+    block_co_w: int  # 64 when C_out allows: d_pw = dt^T x then has M = 64 (wgmma) instead of 32 (mma.sync)
+    block_ci_w: int  # C_in block of the d_pw launch (dt is generated once per block)
+    block_k: int  # LEAD: C_in chunk of the recomputed intermediate t
     num_warps: int
+
 
 
 def _dot_block(c: int, cap: int) -> int:
@@ -155,35 +168,182 @@ def plan_forward(g: Geometry, variant: str = "") -> ForwardPlan:
     )
 
 
-@functools.lru_cache(maxsize=1024)
-def plan_backward(g: Geometry) -> BackwardPlan:
-    # Rows of the tile span the widest extent the weight kernel walks (input or output), split evenly when wider
-    # than 32 so the last column tile is not mostly empty.
-    ext_w = max(g.W, g.Wo)
+def _bwd_tile(ext_h: int, ext_w: int, lanes: int) -> Tuple[int, int]:
+    # rows of the tile span the extent, split evenly when wider than 32 so the last column tile is not mostly
+    # empty; no taller than the image (a 7x7 map fills 64 lanes, not 49 of 128)
     qw = ext_w if ext_w <= 32 else cdiv(ext_w, cdiv(ext_w, 32))
-    # no taller than the image (a 7x7 map fills 64 lanes, not 49 of 128), at least 16 lanes (tl.dot)
-    qh = max(1, min(BWD_LANES // qw, max(g.H, g.Ho)))
+    qh = max(1, min(max(1, lanes // qw), ext_h))
+    return qh, qw
+
+
+# Register budget of the dx accumulator (lanes x C_in block, fp32): 64 registers per thread at 8 warps.
+DX_ACC_VALUES = 16384
+DX_MAX_CI = 256
+W_DPW_MAX_CI = 256
+DDW_REG_MAX_TAPS = 9  # d_dw in per-tap register accumulators up to 3x3 (LEAD launch)
+BWD_WARPS = 8
+TAP_VALUES_CL = 96
+TAP_VALUES_NCHW = 48
+TAP_VALUES_NCHW_STRIDED = 32
+
+
+def _pow2_floor(v: int) -> int:
+    return 1 << max(0, int(v).bit_length() - 1)
+
+
+@functools.lru_cache(maxsize=1024)
+def plan_backward(g: Geometry, channels_fast: bool = True, itemsize: int = 2) -> BackwardPlan:
+    """Backward tiles. The multiplicity of dt (how often it is regenerated from dy) is what the blocks minimise:
+    once per C_in block of up to 256 channels in the dx launch and in the d_pw launch (128 with NCHW grad_y); the
+    LEAD weight launch (t, d_dw, d_bias) needs no dt."""
+    block_ci = _dot_block(g.C_in, DX_MAX_CI)
+    block_co = _dot_block(g.C_out, 64)
+    # The kw taps of one kernel row are unrolled and the compiler issues their loads together: the values a
+    # thread holds per kernel row (KW x lanes x block_co / threads) must fit beside the accumulators. Budgets
+    # read off the sm_90 cubins (the suite layers spill beyond them): channels-fast grad_y loads 8 channels per
+    # vector; NCHW loads every element with its own 64-bit address (strided: more index math in flight).
+    budget = TAP_VALUES_CL if channels_fast else (TAP_VALUES_NCHW if g.stride == (1, 1) else TAP_VALUES_NCHW_STRIDED)
+    max_lanes = max(16, min(BWD_LANES, _pow2_floor(budget * 32 * BWD_WARPS // (g.kw * block_co))))
+    # fp32 operands (tf32 GEMMs) take twice the registers per dt/pw value: half the accumulator (sm_80 spills)
+    lanes_dx = max(16, min(max_lanes, DX_ACC_VALUES * 2 // max(2, itemsize) // block_ci))
+    qh, qw = _bwd_tile(g.H, g.W, lanes_dx)
+    ext_h, ext_w = max(g.H, g.Ho), max(g.W, g.Wo)
+    wqh, wqw = _bwd_tile(ext_h, ext_w, max_lanes)
+    # LEAD launch (t, d_dw): with register accumulators (up to DDW_REG_MAX_TAPS taps, all unrolled) the taps'
+    # loads sit beside one accumulator per tap: half the lanes (sm_90 spills at the full tile)
+    ddw_reg = g.kh * g.kw <= DDW_REG_MAX_TAPS
+    lqh, lqw = _bwd_tile(ext_h, ext_w, max(16, max_lanes // 2) if ddw_reg else max_lanes)
     return BackwardPlan(
-        qh=qh, qw=qw, lanes=max(16, next_pow2(qh * qw)),
-        tiles_h=cdiv(g.H, qh), tiles_w=cdiv(g.W, qw),
-        utiles_h=cdiv(max(g.H, g.Ho), qh), utiles_w=cdiv(ext_w, qw),
-        # wide C_in blocks: every C_in block regenerates dt from K*K shifted loads of dy
-        block_co=_dot_block(g.C_out, 32), block_ci=_dot_block(g.C_in, 128), block_ci_w=_dot_block(g.C_in, 64),
-        block_k=_dot_block(g.C_in, 32),
-        num_warps=8,
+        qh=qh, qw=qw, lanes=max(16, next_pow2(qh * qw)), tiles_h=cdiv(g.H, qh), tiles_w=cdiv(g.W, qw),
+        block_co=block_co, block_ci=block_ci,
+        wqh=wqh, wqw=wqw, wlanes=max(16, next_pow2(wqh * wqw)), utiles_h=cdiv(ext_h, wqh), utiles_w=cdiv(ext_w, wqw),
+        lqh=lqh, lqw=lqw, llanes=max(16, next_pow2(lqh * lqw)), ltiles_h=cdiv(ext_h, lqh), ltiles_w=cdiv(ext_w, lqw),
+        block_co_w=block_co,
+        # NCHW: the wide block's accumulator plus the scalar loads' addresses spill at 256 (sm_90)
+        block_ci_w=_dot_block(g.C_in, W_DPW_MAX_CI if channels_fast else W_DPW_MAX_CI // 2),
+        block_k=_dot_block(g.C_in, 32), num_warps=BWD_WARPS,
     )
 
 
-def weight_grad_groups(g: Geometry, plan: BackwardPlan, co_blocks: int, ci_blocks: int, sm_count: int = 132) -> int:
-    """How many split-reduction groups the weight-gradient kernel uses.
+def weight_grad_groups(g: Geometry, tiles: int, programs_per_group: int, cols: int, sm_count: int = 132) -> int:
+    """How many split-reduction groups one weight-gradient launch uses (each launch sizes its own: the LEAD
+    launch has only C_out/64 programs per group, the d_pw launch that many per C_in block).
 
-    Enough programs to fill the GPU a few times over, never more groups than tiles, and a partial-sum buffer of at
-    most 64 MiB (the partials are reduced in a fixed order afterwards: deterministic, no atomics)."""
-    tiles = g.N * plan.utiles_h * plan.utiles_w
-    want = cdiv(4 * sm_count, co_blocks * ci_blocks)
-    cap = max(1, (64 << 20) // (4 * g.C_out * max(g.C_in, g.kh * g.kw + 2)))
+    Enough programs to fill the GPU a few times over, never more groups than its tiles, and a partial-sum buffer
+    of at most 64 MiB for this launch's cols C_in columns (the partials are reduced in a fixed order afterwards:
+    deterministic, no atomics)."""
+    want = cdiv(4 * sm_count, programs_per_group)
+    cap = max(1, (64 << 20) // (4 * g.C_out * max(cols, g.kh * g.kw + 2)))
     return max(1, min(tiles, want, cap))
 
 
 def taps_pow2(g: Geometry) -> int:
     return next_pow2(g.kh * g.kw)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Choosing by cost: a static model of the backward kernels against the unfused roofline.
+#
+# Thread-instructions per unit of work, read off the sm_90 SASS of the kernels as the launchers specialise them
+# (JIT binder, fp16, N=64, the eight suite layers, both layouts; docs/triton-backward.md has the counts and the
+# method). Units: "elem-tap" = one (lane, channel) element of a tile for one depthwise tap; "elem" = one (lane,
+# channel) element of a tile per C_out step (dx) or per tile (weight kernels); "chunk" = one BLOCK_K=32 slice of
+# C_in in the LEAD launch's recomputation of t. The model is issue-bound (4 warp-instructions per SM and clock),
+# plus the DRAM and tensor rooflines per kernel: the SASS bounds of the suite are issue-bound except the deep
+# channels_last layers, which are LSU-bound within 1.3x of issue (the model under-predicts those).
+@dataclass(frozen=True)
+class BackwardCosts:
+    dt_tap: float  # dt generation: dy load (masked, shifted), convert, FMA with the tap weight
+    ddw_reg_tap: float  # LEAD, up to 3x3: t * dy_k into the tap's register accumulator (all taps unrolled)
+    ddw_tap: float  # LEAD, larger kernels: t * dy_k and its reduction over the tile's lanes, per tap
+    t_chunk: float  # LEAD: recomputing t, per element and 32-channel chunk of C_in (x loads, wgmma issue)
+    lead_tile: float  # LEAD: per element and tile outside those (t bounce through the scratch slot, d_bias)
+    dx_step: float  # dx: per element and C_out step outside the taps (pw tile, dt rounding, wgmma)
+    rest_tile: float  # d_pw launch: per element and tile outside the taps (dt^T, d_mid)
+    dpw_col: float  # d_pw launch: per element, tile and (C_in block / C_out block) ratio (x tile, d_pw wgmma)
+
+
+BWD_COSTS = {  # key: channels_last (grad_y channels-fast)
+    True: BackwardCosts(dt_tap=3.7, ddw_reg_tap=4.9, ddw_tap=10.3, t_chunk=2.4, lead_tile=15.0, dx_step=14.0,
+                        rest_tile=8.0, dpw_col=2.5),
+    False: BackwardCosts(dt_tap=9.0, ddw_reg_tap=8.5, ddw_tap=13.2, t_chunk=6.6, lead_tile=30.0, dx_step=27.0,
+                         rest_tile=8.0, dpw_col=12.0),
+}
+
+
+@dataclass(frozen=True)
+class Device:
+    """The throughputs the model charges: H100 SXM by default (section 1.3 of the static findings)."""
+    sm_count: int = 132
+    clock_hz: float = 1.755e9
+    issue_per_clk: float = 4.0  # warp-instructions per SM and clock
+    dram_bps: float = 3.0e12
+    tensor_flops: float = 700e12  # fp16/bf16 wgmma; tf32 runs at half
+
+
+def _itemsize(dtype) -> int:
+    size = getattr(dtype, "itemsize", None)
+    if size is None:
+        size = {"fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2, "fp32": 4, "float32": 4}.get(str(dtype))
+    if size is None:
+        raise ValueError(f"dtype must be a torch dtype or one of fp16, bf16, fp32, got {dtype!r}")
+    return int(size)
+
+
+def predict_backward(g: Geometry, dtype, channels_last: bool = False, dev: Device = Device()) -> dict:
+    """Predicted seconds of each backward launch (all gradients asked for): a static prediction from BWD_COSTS,
+    not a measurement. Keys: "dx", "w_lead" (t, d_dw, d_bias), "w_rest" (dt, d_pw, d_mid)."""
+    c = BWD_COSTS[bool(channels_last)]
+    p = plan_backward(g, bool(channels_last), _itemsize(dtype))
+    b = _itemsize(dtype)
+    tc = dev.tensor_flops / (2 if b == 4 else 1)
+    taps = g.kh * g.kw
+    n_x, n_y = g.N * g.H * g.W * g.C_in, g.N * g.Ho * g.Wo * g.C_out
+    G = 2 * g.N * g.H * g.W * g.C_in * g.C_out
+    warp_rate = 32 * dev.issue_per_clk * dev.sm_count * dev.clock_hz  # thread-instructions per second
+
+    def kernel(instr, bytes_, flops):
+        return max(instr / warp_rate, bytes_ / dev.dram_bps, flops / tc)
+
+    out = {}
+    # dx: per program, C_out steps of (taps x elements x dt_tap + elements x dx_step)
+    elems = p.lanes * p.block_co
+    steps = cdiv(g.C_out, p.block_co)
+    progs = g.N * p.tiles_h * p.tiles_w * cdiv(g.C_in, p.block_ci)
+    out["dx"] = kernel(progs * steps * elems * (taps * c.dt_tap + c.dx_step), b * (n_x + n_y), G)
+    # weight launches: per tile and C_out block
+    ltiles = g.N * p.ltiles_h * p.ltiles_w * cdiv(g.C_out, p.block_co_w)
+    ddw = c.ddw_reg_tap if taps <= DDW_REG_MAX_TAPS else c.ddw_tap
+    per = taps * ddw + cdiv(g.C_in, p.block_k) * c.t_chunk + c.lead_tile
+    out["w_lead"] = kernel(ltiles * p.llanes * p.block_co_w * per, b * (n_x + n_y), G)
+    tiles = g.N * p.utiles_h * p.utiles_w * cdiv(g.C_out, p.block_co_w)
+    nci = cdiv(g.C_in, p.block_ci_w)
+    per = taps * c.dt_tap + c.rest_tile + c.dpw_col * p.block_ci_w / p.block_co_w
+    out["w_rest"] = kernel(tiles * nci * p.wlanes * p.block_co_w * per, b * (n_x + n_y), 2 * G)
+    return out
+
+
+def unfused_backward_roofline(g: Geometry, dtype, dev: Device = Device()) -> float:
+    """Seconds of the ideal two-layer backward (bsconv_fused/bench/bounds.py's model: the depthwise backward reads
+    dy twice and t once and writes dt; the pointwise backward reads dt twice and x once, writes dx; 2G tensor)."""
+    b = _itemsize(dtype)
+    tc = dev.tensor_flops / (2 if b == 4 else 1)
+    n_x, n_t, n_y = g.N * g.H * g.W * g.C_in, g.N * g.H * g.W * g.C_out, g.N * g.Ho * g.Wo * g.C_out
+    n_dw, n_pw = g.C_out * (g.kh * g.kw + 1), g.C_in * g.C_out
+    G = 2 * g.N * g.H * g.W * g.C_in * g.C_out
+    return (b * (2 * n_y + 2 * n_t + 2 * n_dw) / dev.dram_bps
+            + max(b * (2 * n_t + 2 * n_x + 2 * n_pw) / dev.dram_bps, 2 * G / tc))
+
+
+def backward_loses(g: Geometry, dtype, channels_last: bool = False, dev: Device = Device()) -> Optional[str]:
+    """Why the fused Triton backward is predicted slower than the unfused roofline for g, or None.
+
+    A static prediction (predict_backward) against the ideal unfused path (unfused_backward_roofline); both are
+    lower bounds of their kind, so the comparison is like for like. channels_last: the layout of grad_y."""
+    fused = sum(predict_backward(g, dtype, channels_last, dev).values())
+    unfused = unfused_backward_roofline(g, dtype, dev)
+    if fused > unfused:
+        return (f"the fused Triton backward is predicted at {fused * 1e6:.1f} us, the unfused roofline at "
+                f"{unfused * 1e6:.1f} us (static sm_90 model in bsconv_fused/triton/plan.py, "
+                f"{'channels_last' if channels_last else 'NCHW'})")
+    return None
