@@ -206,9 +206,12 @@ def predicted_loss(name: str, x: torch.Tensor, geometry, training: bool) -> Opti
     if name == "cuda":
         return CUDA_KERNELS_LOSE
     if name == "triton" and x.device.type == "cuda":
-        why = _TRITON_FWD_LOSES(geometry, x.dtype) if _TRITON_FWD_LOSES is not None else None
+        # the layout matters to the kernels' cost (channels_last loads whole channel vectors); grad_y takes y's
+        # layout, which is x's
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        why = _TRITON_FWD_LOSES(geometry, x.dtype, channels_last=cl) if _TRITON_FWD_LOSES is not None else None
         if why is None and training and _TRITON_BWD_LOSES is not None:
-            why = _TRITON_BWD_LOSES(geometry, x.dtype)
+            why = _TRITON_BWD_LOSES(geometry, x.dtype, channels_last=cl)
         return why
     return None
 
