@@ -16,7 +16,7 @@ triton = pytest.importorskip("triton")
 fused = functools.partial(bsconv_u, backend="triton")
 
 
-@pytest.fixture(params=["separable", "flat"], autouse=True)
+@pytest.fixture(params=["staged", "separable", "flat"], autouse=True)
 def forward_variant(request, monkeypatch):
     """Every case runs through both forward kernels (the plan would pick one per shape)."""
     monkeypatch.setenv("BSCONV_FUSED_TRITON_FWD", request.param)

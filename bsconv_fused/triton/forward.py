@@ -169,3 +169,89 @@ def bsconv_fwd_flat_kernel(
     y_off = n.to(tl.int64) * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
     tl.store(y_ptr + y_off[:, None] + co[None, :].to(tl.int64) * syc, acc.to(y_ptr.dtype.element_ty),
              mask=out_ok[:, None] & co_ok[None, :])
+
+
+@triton.jit
+def bsconv_fwd_staged_kernel(
+    x_ptr, pw_ptr, dw_ptr, bias_ptr, mid_ptr, y_ptr, scratch_ptr,
+    C_in, C_out, H, W, Ho, Wo,
+    sxn, sxc, sxh, sxw,
+    syn, syc, syh, syw,
+    tiles_w, tiles_per_img, total_tiles, n_kh,
+    PH, PW,
+    KH: tl.constexpr, KW: tl.constexpr,
+    SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+    TH: tl.constexpr, TW: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+    HALO_LANES: tl.constexpr, OUT_LANES: tl.constexpr, TAPS: tl.constexpr,
+    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_MID: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """The staged forward: a persistent grid, the intermediate staged once per tile in the program's scratch slot.
+
+    Each program owns one slot of (HALO_LANES + TAPS) x BLOCK_CO elements in scratch_ptr (channels fastest; a few
+    MB for the whole grid, so it stays in L2 and the tap re-reads hit L1) and walks tiles pid, pid + programs, ...
+    (channel block fastest: the programs that run together share their x halo in L2). Per tile:
+    1. t = PW(x) on the halo (tl.dot, fp32 accumulation) + mid_bias at in-image pixels, stored into the slot in the
+       slot's dtype: x's dtype for fp16/bf16 (exactly the rounding the unfused path applies when it stores t),
+       fp32 for fp32. The depthwise weights of the channel block go into the slot's tail, transposed to
+       (tap, channel) and in their own dtype (exact): every tap then reads its weight vector with one vector load
+       instead of a strided gather. (fp32 weights there would save the conversions but give the weight vector a
+       4-wide layout unlike t's 8-wide one: Triton then converts it through shared memory at every tap.)
+    2. a CTA barrier (bar.sync: the block's global writes become visible to the block), then each chunk of
+       OUT_CHUNK output pixels reads, per tap, its shifted (pixels x BLOCK_CO) window of the slot: contiguous
+       channels, one vector load per 8 (16-bit) or 4 (fp32) channels, addresses that differ between taps by a
+       compile-time constant only. No shuffles, no gathers, no per-tap masks (lanes past the tile read a valid,
+       unused row). The chunk loop is a runtime loop: it bounds the loads in flight (registers).
+    3. bias, store y; a barrier before the next tile overwrites the slot.
+    """
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    co_blocks = tl.cdiv(C_out, BLOCK_CO)
+    cl = tl.arange(0, BLOCK_CO)
+    hp = tl.arange(0, HALO_LANES)
+    slot = scratch_ptr + pid * ((HALO_LANES + TAPS) * BLOCK_CO)
+    wslot = slot + HALO_LANES * BLOCK_CO
+    tp = tl.arange(0, TAPS)
+    for tile in range(pid, total_tiles, nprog):
+        pid_co = tile % co_blocks
+        pid_t = tile // co_blocks
+        n = pid_t // tiles_per_img
+        tt = pid_t % tiles_per_img
+        oh0 = (tt // tiles_w) * TH
+        ow0 = (tt % tiles_w) * TW
+        co = pid_co * BLOCK_CO + cl
+        co_ok = co < C_out
+        t = _pointwise_halo(x_ptr, pw_ptr, mid_ptr, n, oh0, ow0, co, co_ok, C_in, H, W, sxn, sxc, sxh, sxw, PH, PW,
+                            SH, SW, HALO_H, HALO_W, HALO_LANES, BLOCK_CO, BLOCK_CI, HAS_MID, UPCAST,
+                            INPUT_PRECISION)
+        wt = tl.load(dw_ptr + co[None, :] * (KH * KW) + tp[:, None], mask=(tp[:, None] < KH * KW) & co_ok[None, :],
+                     other=0.0)
+        tl.debug_barrier()  # every thread is done reading the previous tile's slot
+        tl.store(slot + hp[:, None] * BLOCK_CO + cl[None, :], t.to(scratch_ptr.dtype.element_ty))
+        tl.store(wslot + tp[:, None] * BLOCK_CO + cl[None, :], wt)
+        tl.debug_barrier()  # the slot holds the whole tile
+        pix = tl.arange(0, OUT_LANES)
+        orow = pix // TW
+        ocol = pix % TW
+        lane_ok = pix < TH * TW
+        # the slot row of tap (0, 0) per output pixel; lanes past the tile read row 0
+        win = tl.where(lane_ok, orow * (SH * HALO_W) + ocol * SW, 0) * BLOCK_CO
+        acc = tl.zeros((OUT_LANES, BLOCK_CO), dtype=tl.float32)
+        # n_kh == KH, passed at run time so that the row loop stays a loop in every geometry: fully unrolled, the
+        # compiler hoists every tap's loads and runs out of registers (and the declared loops would vary). The
+        # columns of a row are unrolled: their window addresses differ by compile-time immediates.
+        for kh in range(n_kh):
+            row = slot + win[:, None] + (kh * (DH * HALO_W * BLOCK_CO)) + cl[None, :]
+            for kw in tl.static_range(KW):
+                tv = tl.load(row + kw * DW * BLOCK_CO)
+                wv = tl.load(wslot + (kh * KW + kw) * BLOCK_CO + cl)
+                acc += tv.to(tl.float32) * wv.to(tl.float32)[None, :]
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
+        oh = oh0 + orow
+        ow = ow0 + ocol
+        out_ok = lane_ok & (oh < Ho) & (ow < Wo)
+        y_off = n.to(tl.int64) * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
+        tl.store(y_ptr + y_off[:, None] + co[None, :].to(tl.int64) * syc, acc.to(y_ptr.dtype.element_ty),
+                     mask=out_ok[:, None] & co_ok[None, :])

@@ -13,7 +13,7 @@ import torch
 
 from .._shapes import empty_output, pw_as_matrix, validate
 from .backward import bsconv_bwd_dx_kernel, bsconv_bwd_w_kernel
-from .forward import bsconv_fwd_flat_kernel, bsconv_fwd_kernel
+from .forward import bsconv_fwd_flat_kernel, bsconv_fwd_kernel, bsconv_fwd_staged_kernel
 from .plan import cdiv, plan_backward, plan_forward, taps_pow2, weight_grad_groups
 
 Pair = Tuple[int, int]
@@ -83,27 +83,47 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
     dw = dw.contiguous()
     bias = bias.contiguous() if bias is not None else None
     mid_bias = mid_bias.contiguous() if mid_bias is not None else None
-    # BSCONV_FUSED_TRITON_FWD pins the forward variant ("flat" or "separable"): for tests and tuning
-    p = plan_forward(g, os.environ.get("BSCONV_FUSED_TRITON_FWD", ""))
+    # BSCONV_FUSED_TRITON_FWD pins the forward variant ("staged", "flat" or "separable"): for tests and tuning
+    channels_last = x.dim() == 4 and x.stride(1) == 1 and g.C_in > 1
+    p = plan_forward(g, os.environ.get("BSCONV_FUSED_TRITON_FWD", ""), channels_last)
     y = empty_output(x, g.out_shape)
     upcast, precision = _dtype_flags(x.dtype)
     co_blocks = cdiv(g.C_out, p.block_co)
+    tiles = co_blocks * g.N * p.tiles_per_image
+    common = dict(KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
+                  BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci, HAS_BIAS=bias is not None, HAS_MID=mid_bias is not None,
+                  UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps)
+    tensors = (x, pw, dw, bias if bias is not None else dw, mid_bias if mid_bias is not None else dw, y)
+    sizes = (g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo, *x.stride(), *y.stride())
+    n_ci = cdiv(g.C_in, p.block_ci)
+    if p.variant == "staged":
+        # persistent grid: the programs that fit the GPU at once, each looping over its tiles; the interpreter runs
+        # programs one after another, so there a few programs cover the same tile loop
+        programs = min(tiles, 4 if _interpreting() else p.programs_per_sm * _sm_count(x))
+        # the intermediate in x's dtype (the unfused path's rounding), fp32 for fp32; one slot per program
+        scratch = torch.empty(programs * (p.halo_lanes + taps_pow2(g)) * p.block_co, dtype=x.dtype, device=x.device)
+        launch = Launch(
+            bsconv_fwd_staged_kernel, (programs,),
+            tensors + (scratch,) + sizes + (p.tiles_w, p.tiles_per_image, tiles, g.kh, g.padding[0], g.padding[1]),
+            dict(common, TH=p.th, TW=p.tw, HALO_H=p.halo_h, HALO_W=p.halo_w, HALO_LANES=p.halo_lanes,
+                 OUT_LANES=p.out_lanes, TAPS=taps_pow2(g)),
+            # loops with a single trip (C_in == 1, one kernel row) are specialised away by the JIT (ints equal to 1
+            # become constants)
+            loops=(Loop("tiles", tiles / programs),) + ((Loop("c_in", n_ci),) if g.C_in > 1 else ())
+                  + ((Loop("kh", g.kh),) if g.kh > 1 else ()),
+        )
+        return y, [launch]
     # 1-D grid, channel block fastest: the programs sharing an x halo tile are adjacent (L2 reuse), and no grid
     # axis limit (65535 on axes 1 and 2) caps the number of tiles.
     tile = (dict(TH=p.th, TW=p.tw, HALO_H=p.halo_h, HALO_W=p.halo_w, HALO_LANES=p.halo_lanes,
                  OUT_LANES=p.out_lanes) if p.flat else
             dict(TH=p.th, TW=p.tw, HALO_H=p.halo_h, HALO_W=p.halo_w, OUT_H=p.out_h, OUT_W=p.out_w))
     launch = Launch(
-        bsconv_fwd_flat_kernel if p.flat else bsconv_fwd_kernel, (co_blocks * g.N * p.tiles_per_image,),
-        (x, pw, dw, bias if bias is not None else dw, mid_bias if mid_bias is not None else dw, y,
-         g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
-         *x.stride(), *y.stride(),
-         p.tiles_w, p.tiles_per_image,
-         g.padding[0], g.padding[1]),
-        dict(KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1], **tile,
-             BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci,
-             HAS_BIAS=bias is not None, HAS_MID=mid_bias is not None,
-             UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps),
+        bsconv_fwd_flat_kernel if p.flat else bsconv_fwd_kernel, (tiles,),
+        tensors + sizes + (p.tiles_w, p.tiles_per_image, g.padding[0], g.padding[1]),
+        dict(common, **tile),
+        loops=(Loop("c_in", n_ci), Loop("taps", g.kh * g.kw)) if p.flat else
+              (Loop("c_in", n_ci), Loop("kh", g.kh)),
     )
     return y, [launch]
 
