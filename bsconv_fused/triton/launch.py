@@ -45,6 +45,11 @@ def _sm_count(t: torch.Tensor) -> int:
     return 132  # interpreter: plan as for an H100 so CPU tests exercise the same grid shapes
 
 
+def _image_span(t: torch.Tensor) -> int:
+    """One past the largest element offset inside one image (dims 1..3) of a 4-D tensor view."""
+    return 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:]))
+
+
 @dataclass(frozen=True)
 class Loop:
     """One runtime loop of a kernel, as the static cost report (bsconv_fused/bench/static) sees it in the SASS.
@@ -85,7 +90,7 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
     mid_bias = mid_bias.contiguous() if mid_bias is not None else None
     # BSCONV_FUSED_TRITON_FWD pins the forward variant ("staged", "flat" or "separable"): for tests and tuning
     channels_last = x.dim() == 4 and x.stride(1) == 1 and g.C_in > 1
-    p = plan_forward(g, os.environ.get("BSCONV_FUSED_TRITON_FWD", ""), channels_last)
+    p = plan_forward(g, os.environ.get("BSCONV_FUSED_TRITON_FWD", ""), channels_last, x.element_size())
     y = empty_output(x, g.out_shape)
     upcast, precision = _dtype_flags(x.dtype)
     co_blocks = cdiv(g.C_out, p.block_co)
@@ -100,17 +105,19 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
         # persistent grid: the programs that fit the GPU at once, each looping over its tiles; the interpreter runs
         # programs one after another, so there a few programs cover the same tile loop
         programs = min(tiles, 4 if _interpreting() else p.programs_per_sm * _sm_count(x))
+        n_rows = g.kh if p.unroll_kw else g.kh * g.kw
         # the intermediate in x's dtype (the unfused path's rounding), fp32 for fp32; one slot per program
         scratch = torch.empty(programs * (p.halo_lanes + taps_pow2(g)) * p.block_co, dtype=x.dtype, device=x.device)
         launch = Launch(
             bsconv_fwd_staged_kernel, (programs,),
-            tensors + (scratch,) + sizes + (p.tiles_w, p.tiles_per_image, tiles, g.kh, g.padding[0], g.padding[1]),
+            tensors + (scratch,) + sizes + (tiles, n_rows, g.padding[0], g.padding[1]),
             dict(common, TH=p.th, TW=p.tw, HALO_H=p.halo_h, HALO_W=p.halo_w, HALO_LANES=p.halo_lanes,
-                 OUT_LANES=p.out_lanes, TAPS=taps_pow2(g)),
+                 OUT_LANES=p.out_lanes, TAPS=taps_pow2(g), TILES_W=p.tiles_w, TILES_PER_IMG=p.tiles_per_image,
+                 CO_BLOCKS=co_blocks, num_stages=p.num_stages, UNROLL_KW=p.unroll_kw, ROW_TAPS=g.kw if p.unroll_kw else 1, X_OFF32=_image_span(x) < 2**31, Y_OFF32=_image_span(y) < 2**31),
             # loops with a single trip (C_in == 1, one kernel row) are specialised away by the JIT (ints equal to 1
             # become constants)
             loops=(Loop("tiles", tiles / programs),) + ((Loop("c_in", n_ci),) if g.C_in > 1 else ())
-                  + ((Loop("kh", g.kh),) if g.kh > 1 else ()),
+                  + ((Loop("taps", n_rows),) if n_rows > 1 else ()),
         )
         return y, [launch]
     # 1-D grid, channel block fastest: the programs sharing an x halo tile are adjacent (L2 reuse), and no grid

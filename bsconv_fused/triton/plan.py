@@ -49,7 +49,8 @@ class ForwardPlan:
     block_ci: int
     num_warps: int
     programs_per_sm: int = 0  # staged: resident programs per SM of the persistent grid
-    out_chunk: int = 0  # staged: output pixels per step of the tap loop
+    unroll_kw: bool = False  # staged: the tap loop walks kernel rows with the columns unrolled (else one tap a step)
+    num_stages: int = 3  # software pipelining depth of the GEMM loop
 
     @property
     def flat(self) -> bool:
@@ -140,20 +141,22 @@ def _candidates(g: Geometry):
 # the suite layers of docs/triton-kernels.md): warp-instructions issued per program and tile, split by where they
 # sit in the compiled loops. A static prediction, not a measurement; re-derive after changing the kernel.
 # per program and tile: a fixed part per warp plus parts per t value (halo lanes x BLOCK_CO) and per output value
-STAGED_TILE_PER_WARP = 299  # tile decode, barriers, pointer setup, the peeled first GEMM step
+STAGED_TILE_PER_WARP = 208  # tile decode, barriers, pointer setup, the peeled first GEMM step
 STAGED_TILE_PER_HALO_ELEM = 0.086  # t -> scratch (a layout conversion through shared memory, STG.128)
-STAGED_TILE_PER_HALO_ELEM_NCHW = 0.35  # NCHW: + scalar 16-bit x loads with 64-bit addresses in the peeled step
-STAGED_TILE_PER_OUT_ELEM = 0.121  # y addresses, bias, store
+STAGED_TILE_PER_HALO_ELEM_NCHW = 0.23  # NCHW: + scalar 16-bit x loads with 64-bit addresses in the peeled step
+STAGED_TILE_PER_OUT_ELEM = 0.105  # y addresses, bias, store
 STAGED_CI_STEP_PER_WARP = 51  # one BLOCK_CI step of the GEMM loop: cp.async + wgmma + waits (CL)
 STAGED_CI_STEP_PER_HALO_ELEM = 0.0156
-STAGED_CI_STEP_PER_HALO_ELEM_NCHW = 0.18  # NCHW: the x tile goes through scalar LDG + STS
-STAGED_TAP_PER_WARP = 41  # one tap: weight vector, address, loop
-STAGED_TAP_PER_OUT_ELEM = 0.053  # LDG.128 per 8 channels, 1 cvt + 1 FFMA per value (1.7 thread-instructions)
+STAGED_CI_STEP_PER_HALO_ELEM_NCHW = 0.10  # NCHW: the x tile goes through scalar LDG + STS
+STAGED_TAP_PER_WARP = 23  # one tap: its weight vector (8 cvt per thread), the loop over kernel rows
+STAGED_TAP_PER_OUT_ELEM = 0.055  # LDG.128 per 8 channels, 1 cvt + 1 FFMA per value (1.75 thread-instructions)
 # shared-memory time over tensor time (wgmma operand reads + the t layout conversion, SASS count): N = BLOCK_CO 64
 # reads the A operand once per 64 channels, 128 once per 128
 STAGED_SMEM_OVER_TENSOR = {64: 1.35, 128: 1.10}
 H100 = dict(sms=132, clock=1.755e9, issue=4, dram=3.0e12, tensor=700e12)
-STAGED_MAX_TILE_VALUES = 16384  # halo lanes (and output lanes) x BLOCK_CO at 8 warps: 64 fp32 values per thread
+# halo lanes (and output lanes) x BLOCK_CO: at most 64 fp32 values per thread at 8 warps for 16-bit inputs, 32 for
+# fp32 inputs (their t tile and operands double: 64 spill in the sm_90 compile)
+STAGED_MAX_TILE_VALUES = {2: 16384, 4: 8192}
 
 
 @dataclass(frozen=True)
@@ -195,8 +198,9 @@ def predict_staged(g: Geometry, p: "ForwardPlan", channels_last: bool = True, dt
                                                          STAGED_CI_STEP_PER_HALO_ELEM_NCHW) * halo)
                 + g.kh * g.kw * (w * STAGED_TAP_PER_WARP + STAGED_TAP_PER_OUT_ELEM * outv))
     programs = min(tiles, p.programs_per_sm * machine["sms"])
-    # persistent programs: the busiest SM runs ceil(tiles / programs) tiles per resident program
-    per_sm_tiles = cdiv(tiles, programs) * min(programs, p.programs_per_sm * machine["sms"]) / machine["sms"]
+    # persistent programs: the busiest SM holds min(programs_per_sm, ceil(programs / SMs)) programs, each running
+    # ceil(tiles / programs) tiles
+    per_sm_tiles = cdiv(tiles, programs) * min(p.programs_per_sm, cdiv(programs, machine["sms"]))
     issue = per_sm_tiles * per_tile / (machine["issue"] * machine["clock"])
     flops = 2.0 * tiles * p.halo_lanes * p.block_co * n_ci * p.block_ci
     tensor = flops / machine["tensor"]
@@ -220,7 +224,7 @@ def unfused_forward_seconds(g: Geometry, dtype="float16", machine=H100) -> float
     return pw + dw
 
 
-def staged_plan(g: Geometry, th: int, tw: int, block_co: int, num_warps: int = 0) -> ForwardPlan:
+def staged_plan(g: Geometry, th: int, tw: int, block_co: int, num_warps: int = 0, unroll_kw: bool = False) -> ForwardPlan:
     """The staged kernel's plan for a given output tile (th x tw) and channel block."""
     sh, sw = g.stride
     dh, dw = g.dilation
@@ -229,28 +233,29 @@ def staged_plan(g: Geometry, th: int, tw: int, block_co: int, num_warps: int = 0
     lanes = max(64, next_pow2(hh * hw))
     out_lanes = max(16, next_pow2(th * tw))
     if not num_warps:
-        num_warps = 8 if max(lanes, out_lanes) * block_co > 8192 else 4
+        num_warps = 8 if max(lanes, out_lanes) * block_co > 8192 else 4  # at most 64 fp32 values per thread
     return ForwardPlan(
         variant="staged", th=th, tw=tw, halo_h=hh, halo_w=hw, halo_lanes=lanes, out_h=0, out_w=0,
         out_lanes=out_lanes, tiles_h=cdiv(g.Ho, th), tiles_w=cdiv(g.Wo, tw), block_co=block_co,
         block_ci=_dot_block(g.C_in, 32), num_warps=num_warps,
         # resident programs per SM (registers): 8 warps at 150-250 registers fit once, 4 warps twice
-        programs_per_sm=1 if num_warps == 8 else 2)
+        programs_per_sm=1 if num_warps == 8 else 2, unroll_kw=unroll_kw, num_stages=3)
 
 
-def _staged_candidates(g: Geometry, channels_last: bool):
+def _staged_candidates(g: Geometry, channels_last: bool, elem_size: int):
+    cap = STAGED_MAX_TILE_VALUES[4 if elem_size >= 4 else 2]
     for block_co in sorted({_dot_block(g.C_out, 64), _dot_block(g.C_out, 128)}):
         for th in range(1, min(g.Ho, 32) + 1):
             for tw in range(1, min(g.Wo, 64) + 1):
-                p = staged_plan(g, th, tw, block_co)
-                if max(p.halo_lanes, p.out_lanes) * block_co > STAGED_MAX_TILE_VALUES:
+                p = staged_plan(g, th, tw, block_co, 0 if cap > 8192 else 8)
+                if max(p.halo_lanes, p.out_lanes) * block_co > cap:
                     continue
                 yield predict_staged(g, p, channels_last).bound, p.halo_lanes, p
 
 
-def plan_staged(g: Geometry, channels_last: bool = True) -> ForwardPlan:
+def plan_staged(g: Geometry, channels_last: bool = True, elem_size: int = 2) -> ForwardPlan:
     """The staged tile with the lowest predicted time (ties: the smaller halo)."""
-    best = min(_staged_candidates(g, channels_last), key=lambda c: c[:2], default=None)
+    best = min(_staged_candidates(g, channels_last, elem_size), key=lambda c: c[:2], default=None)
     if best is None:
         raise ValueError(unsupported_reason(g) or f"no forward tile fits geometry {g}")
     return best[2]
@@ -264,7 +269,7 @@ def forward_loses(g: Geometry, dtype, channels_last: bool = True) -> Optional[st
     returns a reason."""
     if unsupported_reason(g):
         return unsupported_reason(g)
-    p = plan_forward(g, "", channels_last)
+    p = plan_forward(g, "", channels_last, _elem_size(dtype))
     cost = predict_staged(g, p, channels_last, dtype)
     unfused = unfused_forward_seconds(g, dtype)
     if cost.bound > unfused:
@@ -292,16 +297,17 @@ def _legacy_plan(g: Geometry, variant: str) -> ForwardPlan:
 
 
 @functools.lru_cache(maxsize=1024)
-def plan_forward(g: Geometry, variant: str = "", channels_last: bool = True) -> ForwardPlan:
+def plan_forward(g: Geometry, variant: str = "", channels_last: bool = True, elem_size: int = 2) -> ForwardPlan:
     """The forward tile plan for geometry g.
 
     variant: "" (the default: staged), "staged", "flat" or "separable" (the older gather kernels; tests and
-    tuning pin one). channels_last: x's layout (NCHW x loads cost more in the staged kernel's GEMM)."""
+    tuning pin one). channels_last: x's layout (NCHW x loads cost more in the staged kernel's GEMM). elem_size: bytes
+    per element of x (fp32 tiles are capped smaller: registers)."""
     if variant not in ("", "staged", "flat", "separable"):
         raise ValueError(f"variant must be '', 'staged', 'flat' or 'separable', got {variant!r}")
     if variant in ("flat", "separable"):
         return _legacy_plan(g, variant)
-    return plan_staged(g, channels_last)
+    return plan_staged(g, channels_last, elem_size)
 
 
 @functools.lru_cache(maxsize=1024)
