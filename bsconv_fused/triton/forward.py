@@ -4,9 +4,9 @@ The default is bsconv_fwd_staged_kernel (design, cost model and static sm_90 pre
 a persistent grid; per tile, the pointwise conv runs once on the tile's input halo (tl.dot, fp32 accumulation), the
 intermediate t is staged once in the program's L2-resident scratch slot, and every depthwise tap reads its shifted
 window from there with vector loads (L1 hits). Static prediction (H100, fp16, N=64, channels_last, from its SASS):
-1.5-1.9x faster than the ideal two-layer roofline on the K=3 suite layers up to 256 channels (0.45-1.08x on the K5 and
-512/1024-channel ones, which forward_loses in plan.py routes to the two-layer path); see the doc
-for every layer and both layouts.
+1.5-1.9x faster than the ideal two-layer roofline on the K=3 suite layers up to 256 channels, 0.45-1.08x on the K5 and
+512/1024-channel ones (plan.forward_loses flags the layers its model predicts slower); every layer and both layouts in
+the doc.
 
 Two older variants (the intermediate kept in registers, taps through tl.gather) stay selectable with
 BSCONV_FUSED_TRITON_FWD=separable|flat for comparison; their SASS costs 5.8-22 thread-instructions per output

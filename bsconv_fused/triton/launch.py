@@ -76,6 +76,9 @@ class Launch:
     args: Tuple
     meta: dict = field(default_factory=dict)
     loops: Tuple[Loop, ...] = ()
+    # per-program working buffers the kernel writes completely and re-reads (a few MB, reused by every tile of a
+    # program: L2-resident on a GPU, never DRAM traffic of the layer); traffic counts report them separately
+    scratch: Tuple[torch.Tensor, ...] = ()
 
     def run(self) -> None:
         self.kernel[self.grid](*self.args, **self.meta)
@@ -118,6 +121,7 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
             # become constants)
             loops=(Loop("tiles", tiles / programs),) + ((Loop("c_in", n_ci),) if g.C_in > 1 else ())
                   + ((Loop("taps", n_rows),) if n_rows > 1 else ()),
+            scratch=(scratch,),
         )
         return y, [launch]
     # 1-D grid, channel block fastest: the programs sharing an x halo tile are adjacent (L2 reuse), and no grid
