@@ -78,10 +78,14 @@ def measure_case(case: LayerCase, directions: Sequence[str] = ("forward", "backw
             with count_traffic() as t:
                 launch.run()
             d_ = t.as_dict()
+            # a launch's scratch (the staged forward's per-program slots) is L2-resident working memory, not layer
+            # traffic: the kernel stores every element of it unmasked, so its distinct bytes are exactly its size
+            scratch = sum(b.numel() * b.element_size() for b in getattr(launch, "scratch", ()))
+            d_["unique"] -= scratch
             for k in total:
                 total[k] += d_[k]
             rows.append(_row(case, direction, f"{_kernel_name(launch.kernel)}#{i}", d_, bound, G,
-                             grid=list(launch.grid)))
+                             grid=list(launch.grid), scratch_bytes=scratch))
         outs = finish()
         err = max_rel_error([o.reshape(ref.shape) for o, ref in zip(outs, refs)], refs)
         rows.append(_row(case, direction, "total", total, bound, G, seconds=time.perf_counter() - t0, max_err=err))

@@ -1,17 +1,22 @@
-"""Fused BSConvU forward kernel: y = DW(PW(x) + mid_bias) + bias in one launch.
+"""Fused BSConvU forward kernels: y = DW(PW(x) + mid_bias) + bias in one launch.
 
-One program = one image, one output tile (TH x TW), one block of BLOCK_CO output channels.
-1. The pointwise conv runs once on the tile's input halo (HALO_H x HALO_W pixels)
-   with tl.dot over C_in chunks, fp32 accumulation: t[halo_pixel, co]. It stays on chip.
-2. mid_bias is added at in-image halo pixels only; out-of-image pixels are 0 because x is loaded as 0 there, so the
-   depthwise zero padding is exact.
-3. Each depthwise tap reads the on-chip intermediate at the tap's shifted positions with tl.gather and accumulates
-   dw[co, tap] * t. No per-tap recomputation of the pointwise conv. Two variants, chosen per layer by the tile plan:
+The default is bsconv_fwd_staged_kernel (design, cost model and static sm_90 predictions: docs/triton-kernels.md):
+a persistent grid; per tile, the pointwise conv runs once on the tile's input halo (tl.dot, fp32 accumulation), the
+intermediate t is staged once in the program's L2-resident scratch slot, and every depthwise tap reads its shifted
+window from there with vector loads (L1 hits). Static prediction (H100, fp16, N=64, channels_last, from its SASS):
+1.5-1.9x faster than the ideal two-layer roofline on the K=3 suite layers up to 256 channels, 0.45-1.08x on the K5 and
+512/1024-channel ones (plan.forward_loses flags the layers its model predicts slower); every layer and both layouts in
+the doc.
+
+Two older variants (the intermediate kept in registers, taps through tl.gather) stay selectable with
+BSCONV_FUSED_TRITON_FWD=separable|flat for comparison; their SASS costs 5.8-22 thread-instructions per output
+element and tap against the staged kernel's 1.75:
    - bsconv_fwd_kernel: power-of-two halo extents, the intermediate as a (rows, cols, channels) tile, a vertical
-     then a horizontal gather along short axes (about one register shuffle per element and tap);
-   - bsconv_fwd_flat_kernel: any halo extents flattened to a power-of-two lane count, one gather per tap (halo/32
-     shuffles per element); for small maps, where a power-of-two tile would mostly recompute padding.
-4. bias epilogue, store in y's strides (NCHW, channels_last or any view).
+     then a horizontal gather along short axes;
+   - bsconv_fwd_flat_kernel: any halo extents flattened to a power-of-two lane count, one gather per tap.
+Common to all: mid_bias is added at in-image halo pixels only; out-of-image pixels are 0 because x is loaded as 0
+there, so the depthwise zero padding is exact; bias epilogue; y stored in its own strides (NCHW, channels_last, any
+view).
 
 Traffic, counted through the interpreter (benchmarks/results/traffic.md, N=1, fp32, real channel counts):
 | layer              | unique / (x + weights + y) | requested / bound | dot FLOPs / pointwise FLOPs |
@@ -21,6 +26,9 @@ Traffic, counted through the interpreter (benchmarks/results/traffic.md, N=1, fp
 | 128->256 @28, K3 s2| 1.00                       | 5.99              | 1.31 |
 | 128->128 @28, K5   | 1.00                       | 4.46              | 2.29 |
 | 1024->1024 @7, K3  | 1.00                       | 2.76              | 2.61 |
+(Table measured for the gather kernels. The staged kernel adds its scratch slots to the unique bytes: programs x
+(halo lanes + taps) x BLOCK_CO elements, a few MB on a GPU, reused by every tile of a program, so L2-resident;
+regenerating the table for it was not done, see docs/triton-kernels.md.)
 Nothing but x, the weights and y touches memory (the fused bound) on every layer; the pointwise work is the halo
 overhead of the tile plan (1.31x for 3x3, not 9x); requested > unique is the halo overlap and the C_out blocks that
 each re-read their x tile (L2 hits on a GPU: the channel block is the fastest grid axis). 7x7 maps pay 2.61x: a 9x9
@@ -46,20 +54,30 @@ def _program_tile(C_out, tiles_w, tiles_per_img, TH: tl.constexpr, TW: tl.conste
 def _pointwise_halo(x_ptr, pw_ptr, mid_ptr, n, oh0, ow0, co, co_ok, C_in, H, W, sxn, sxc, sxh, sxw, PH, PW,
                     SH: tl.constexpr, SW: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
                     LANES: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, HAS_MID: tl.constexpr,
-                    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, X_OFF32: tl.constexpr):
     """t[halo pixel, co] = PW(x) (+ mid_bias in the image) over the tile's input halo, pixels flattened row-major
-    (LANES >= HALO_H * HALO_W, a power of two). Out-of-image pixels are 0: the depthwise zero padding."""
+    (LANES >= HALO_H * HALO_W, a power of two). Out-of-image pixels are 0: the depthwise zero padding.
+
+    X_OFF32: every element offset inside one image of x fits 32 bits (the launcher checks x's strides); the image
+    base stays 64-bit. Saves the 64-bit multiply-adds of every halo pixel and channel."""
     hp = tl.arange(0, LANES)
     ih = oh0 * SH - PH + hp // HALO_W
     iw = ow0 * SW - PW + hp % HALO_W
     in_img = (hp < HALO_H * HALO_W) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     # 64-bit offsets: a tensor may exceed 2**31 elements
-    x_pix = x_ptr + n.to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
+    if X_OFF32:
+        x_pix = x_ptr + n.to(tl.int64) * sxn + (ih * sxh + iw * sxw)
+    else:
+        x_pix = x_ptr + n.to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
     t = tl.zeros((LANES, BLOCK_CO), dtype=tl.float32)
     for ci0 in range(0, C_in, BLOCK_CI):
         ci = ci0 + tl.arange(0, BLOCK_CI)
         ci_ok = ci < C_in
-        xt = tl.load(x_pix[:, None] + ci[None, :].to(tl.int64) * sxc, mask=in_img[:, None] & ci_ok[None, :], other=0.0)
+        if X_OFF32:
+            xt = tl.load(x_pix[:, None] + ci[None, :] * sxc, mask=in_img[:, None] & ci_ok[None, :], other=0.0)
+        else:
+            xt = tl.load(x_pix[:, None] + ci[None, :].to(tl.int64) * sxc, mask=in_img[:, None] & ci_ok[None, :],
+                         other=0.0)
         wt = tl.load(pw_ptr + co[None, :] * C_in + ci[:, None], mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
         if UPCAST:  # the interpreter computes bf16 wrongly: do the GEMM in fp32 there
             xt = xt.to(tl.float32)
@@ -91,7 +109,8 @@ def bsconv_fwd_kernel(
     n, oh0, ow0, co = _program_tile(C_out, tiles_w, tiles_per_img, TH, TW, BLOCK_CO)
     co_ok = co < C_out
     t = _pointwise_halo(x_ptr, pw_ptr, mid_ptr, n, oh0, ow0, co, co_ok, C_in, H, W, sxn, sxc, sxh, sxw, PH, PW,
-                        SH, SW, HALO_H, HALO_W, HALO_H * HALO_W, BLOCK_CO, BLOCK_CI, HAS_MID, UPCAST, INPUT_PRECISION)
+                        SH, SW, HALO_H, HALO_W, HALO_H * HALO_W, BLOCK_CO, BLOCK_CI, HAS_MID, UPCAST, INPUT_PRECISION,
+                        False)
 
     # Each tap is a vertical then a horizontal gather, each along a short axis (<= 32): Triton lowers such a gather
     # to about one warp shuffle per element. One gather over the flattened halo costs halo/32 shuffles and selects
@@ -146,7 +165,8 @@ def bsconv_fwd_flat_kernel(
     n, oh0, ow0, co = _program_tile(C_out, tiles_w, tiles_per_img, TH, TW, BLOCK_CO)
     co_ok = co < C_out
     t = _pointwise_halo(x_ptr, pw_ptr, mid_ptr, n, oh0, ow0, co, co_ok, C_in, H, W, sxn, sxc, sxh, sxw, PH, PW,
-                        SH, SW, HALO_H, HALO_W, HALO_LANES, BLOCK_CO, BLOCK_CI, HAS_MID, UPCAST, INPUT_PRECISION)
+                        SH, SW, HALO_H, HALO_W, HALO_LANES, BLOCK_CO, BLOCK_CI, HAS_MID, UPCAST, INPUT_PRECISION,
+                        False)
     op = tl.arange(0, OUT_LANES)
     orow = op // TW
     ocol = op % TW
@@ -169,3 +189,106 @@ def bsconv_fwd_flat_kernel(
     y_off = n.to(tl.int64) * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
     tl.store(y_ptr + y_off[:, None] + co[None, :].to(tl.int64) * syc, acc.to(y_ptr.dtype.element_ty),
              mask=out_ok[:, None] & co_ok[None, :])
+
+
+@triton.jit
+def bsconv_fwd_staged_kernel(
+    x_ptr, pw_ptr, dw_ptr, bias_ptr, mid_ptr, y_ptr, scratch_ptr,
+    C_in, C_out, H, W, Ho, Wo,
+    sxn, sxc, sxh, sxw,
+    syn, syc, syh, syw,
+    total_tiles, n_rows,
+    PH, PW,
+    KH: tl.constexpr, KW: tl.constexpr,
+    SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+    TH: tl.constexpr, TW: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+    HALO_LANES: tl.constexpr, OUT_LANES: tl.constexpr, TAPS: tl.constexpr,
+    TILES_W: tl.constexpr, TILES_PER_IMG: tl.constexpr, CO_BLOCKS: tl.constexpr,
+    UNROLL_KW: tl.constexpr, ROW_TAPS: tl.constexpr,
+    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_MID: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, X_OFF32: tl.constexpr, Y_OFF32: tl.constexpr,
+):
+    """The staged forward: a persistent grid, the intermediate staged once per tile in the program's scratch slot.
+
+    Each program owns one slot of (HALO_LANES + TAPS) x BLOCK_CO elements in scratch_ptr (channels fastest; a few
+    MB for the whole grid, so it stays in L2 and the tap re-reads hit L1) and walks tiles pid, pid + programs, ...
+    (channel block fastest: the programs that run together share their x halo in L2). Per tile:
+    1. t = PW(x) on the halo (tl.dot, fp32 accumulation) + mid_bias at in-image pixels, stored into the slot in the
+       slot's dtype: x's dtype for fp16/bf16 (exactly the rounding the unfused path applies when it stores t),
+       fp32 for fp32. The depthwise weights of the channel block go into the slot's tail, transposed to
+       (tap, channel) and in their own dtype (exact): every tap then reads its weight vector with one vector load
+       instead of a strided gather. (fp32 weights there would save the conversions but give the weight vector a
+       4-wide layout unlike t's 8-wide one: Triton then converts it through shared memory at every tap.)
+    2. a CTA barrier (bar.sync: the block's global writes become visible to the block), then each chunk of
+       OUT_CHUNK output pixels reads, per tap, its shifted (pixels x BLOCK_CO) window of the slot: contiguous
+       channels, one vector load per 8 (16-bit) or 4 (fp32) channels, addresses that differ between taps by a
+       compile-time constant only. No shuffles, no gathers, no per-tap masks (lanes past the tile read a valid,
+       unused row). The chunk loop is a runtime loop: it bounds the loads in flight (registers).
+    3. bias, store y; a barrier before the next tile overwrites the slot.
+    """
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    VEC: tl.constexpr = 128 // scratch_ptr.dtype.element_ty.primitive_bitwidth  # elements per 16 bytes
+    cl = tl.arange(0, BLOCK_CO)
+    hp = tl.arange(0, HALO_LANES)
+    slot = scratch_ptr + pid * ((HALO_LANES + TAPS) * BLOCK_CO)
+    wslot = slot + HALO_LANES * BLOCK_CO
+    tp = tl.arange(0, TAPS)
+    for tile in range(pid, total_tiles, nprog):
+        # the tile counts are compile-time constants (the tile plan is per geometry anyway): divisions by
+        # constants instead of the ~20-instruction integer divisions by run-time values
+        pid_co = tile % CO_BLOCKS
+        pid_t = tile // CO_BLOCKS
+        n = pid_t // TILES_PER_IMG
+        tt = pid_t % TILES_PER_IMG
+        oh0 = (tt // TILES_W) * TH
+        ow0 = (tt % TILES_W) * TW
+        co = pid_co * BLOCK_CO + cl
+        co_ok = co < C_out
+        t = _pointwise_halo(x_ptr, pw_ptr, mid_ptr, n, oh0, ow0, co, co_ok, C_in, H, W, sxn, sxc, sxh, sxw, PH, PW,
+                            SH, SW, HALO_H, HALO_W, HALO_LANES, BLOCK_CO, BLOCK_CI, HAS_MID, UPCAST,
+                            INPUT_PRECISION, X_OFF32)
+        wt = tl.load(dw_ptr + co[None, :] * (KH * KW) + tp[:, None], mask=(tp[:, None] < KH * KW) & co_ok[None, :],
+                     other=0.0)
+        tl.debug_barrier()  # every thread is done reading the previous tile's slot
+        tl.store(tl.max_contiguous(tl.multiple_of(slot + hp[:, None] * BLOCK_CO + cl[None, :], [1, VEC]), [1, VEC]),
+                 t.to(scratch_ptr.dtype.element_ty))
+        tl.store(wslot + tp[:, None] * BLOCK_CO + cl[None, :], wt)
+        tl.debug_barrier()  # the slot holds the whole tile
+        pix = tl.arange(0, OUT_LANES)
+        orow = pix // TW
+        ocol = pix % TW
+        lane_ok = pix < TH * TW
+        # the slot row of tap (0, 0) per output pixel; lanes past the tile read row 0
+        win = tl.where(lane_ok, orow * (SH * HALO_W) + ocol * SW, 0) * BLOCK_CO
+        acc = tl.zeros((OUT_LANES, BLOCK_CO), dtype=tl.float32)
+        # The tap loops stay runtime loops in every geometry (n_rows and ROW_TAPS are chosen by the launcher):
+        # fully unrolled, the compiler hoists every tap's loads and runs out of registers. UNROLL_KW (n_rows = KH,
+        # ROW_TAPS = KW): a kernel row per iteration, its columns unrolled, their window addresses differing by
+        # immediates. Otherwise (n_rows = KH * KW, ROW_TAPS = 1): one tap per iteration, the fewest registers.
+        for r in range(n_rows):
+            if UNROLL_KW:
+                kh = r
+                kw0 = 0
+            else:
+                kh = r // KW
+                kw0 = r % KW
+            row = slot + win[:, None] + ((kh * DH * HALO_W + kw0 * DW) * BLOCK_CO) + cl[None, :]
+            for j in tl.static_range(ROW_TAPS):
+                # the slot is 16-byte aligned and channels are contiguous in runs of BLOCK_CO: say so, for the
+                # compiles that do not know the pointer's alignment (ahead-of-time ones); vector loads either way
+                tv = tl.load(tl.max_contiguous(tl.multiple_of(row + j * DW * BLOCK_CO, [1, VEC]), [1, VEC]))
+                wv = tl.load(tl.max_contiguous(tl.multiple_of(wslot + (kh * KW + kw0 + j) * BLOCK_CO + cl, [VEC]), [VEC]))
+                acc += tv.to(tl.float32) * wv.to(tl.float32)[None, :]
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
+        oh = oh0 + orow
+        ow = ow0 + ocol
+        out_ok = lane_ok & (oh < Ho) & (ow < Wo)
+        y_img = y_ptr + n.to(tl.int64) * syn
+        if Y_OFF32:  # every offset inside one image of y fits 32 bits (checked by the launcher)
+            y_ptrs = y_img + (oh * syh + ow * syw)[:, None] + co[None, :] * syc
+        else:
+            y_ptrs = y_img + (oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] + co[None, :].to(tl.int64) * syc
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_ok[:, None] & co_ok[None, :])

@@ -13,7 +13,7 @@ import torch
 
 from .._shapes import empty_output, pw_as_matrix, validate
 from .backward import bsconv_bwd_dx_kernel, bsconv_bwd_w_kernel
-from .forward import bsconv_fwd_flat_kernel, bsconv_fwd_kernel
+from .forward import bsconv_fwd_flat_kernel, bsconv_fwd_kernel, bsconv_fwd_staged_kernel
 from .plan import DDW_REG_MAX_TAPS, cdiv, plan_backward, plan_forward, taps_pow2, weight_grad_groups
 
 Pair = Tuple[int, int]
@@ -45,6 +45,11 @@ def _sm_count(t: torch.Tensor) -> int:
     return 132  # interpreter: plan as for an H100 so CPU tests exercise the same grid shapes
 
 
+def _image_span(t: torch.Tensor) -> int:
+    """One past the largest element offset inside one image (dims 1..3) of a 4-D tensor view."""
+    return 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:]))
+
+
 @dataclass(frozen=True)
 class Loop:
     """One runtime loop of a kernel, as the static cost report (bsconv_fused/bench/static) sees it in the SASS.
@@ -74,6 +79,9 @@ class Launch:
     args: Tuple
     meta: dict = field(default_factory=dict)
     loops: Tuple[Loop, ...] = ()
+    # per-program working buffers the kernel writes completely and re-reads (a few MB, reused by every tile of a
+    # program: L2-resident on a GPU, never DRAM traffic of the layer); traffic counts report them separately
+    scratch: Tuple[torch.Tensor, ...] = ()
 
     def run(self) -> None:
         self.kernel[self.grid](*self.args, **self.meta)
@@ -97,27 +105,48 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
     dw = dw.contiguous()
     bias = bias.contiguous() if bias is not None else None
     mid_bias = mid_bias.contiguous() if mid_bias is not None else None
-    # BSCONV_FUSED_TRITON_FWD pins the forward variant ("flat" or "separable"): for tests and tuning
-    p = plan_forward(g, os.environ.get("BSCONV_FUSED_TRITON_FWD", ""))
+    # BSCONV_FUSED_TRITON_FWD pins the forward variant ("staged", "flat" or "separable"): for tests and tuning
+    channels_last = x.dim() == 4 and x.stride(1) == 1 and g.C_in > 1
+    p = plan_forward(g, os.environ.get("BSCONV_FUSED_TRITON_FWD", ""), channels_last, x.element_size())
     y = empty_output(x, g.out_shape)
     upcast, precision = _dtype_flags(x.dtype)
     co_blocks = cdiv(g.C_out, p.block_co)
+    tiles = co_blocks * g.N * p.tiles_per_image
+    common = dict(KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
+                  BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci, HAS_BIAS=bias is not None, HAS_MID=mid_bias is not None,
+                  UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps)
+    tensors = (x, pw, dw, bias if bias is not None else dw, mid_bias if mid_bias is not None else dw, y)
+    sizes = (g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo, *x.stride(), *y.stride())
+    n_ci = cdiv(g.C_in, p.block_ci)
+    if p.variant == "staged":
+        # persistent grid: the programs that fit the GPU at once, each looping over its tiles; the interpreter runs
+        # programs one after another, so there a few programs cover the same tile loop
+        programs = min(tiles, 4 if _interpreting() else p.programs_per_sm * _sm_count(x))
+        n_rows = g.kh if p.unroll_kw else g.kh * g.kw
+        # the intermediate in x's dtype (the unfused path's rounding), fp32 for fp32; one slot per program
+        scratch = torch.empty(programs * (p.halo_lanes + taps_pow2(g)) * p.block_co, dtype=x.dtype, device=x.device)
+        launch = Launch(
+            bsconv_fwd_staged_kernel, (programs,),
+            tensors + (scratch,) + sizes + (tiles, n_rows, g.padding[0], g.padding[1]),
+            dict(common, TH=p.th, TW=p.tw, HALO_H=p.halo_h, HALO_W=p.halo_w, HALO_LANES=p.halo_lanes,
+                 OUT_LANES=p.out_lanes, TAPS=taps_pow2(g), TILES_W=p.tiles_w, TILES_PER_IMG=p.tiles_per_image,
+                 CO_BLOCKS=co_blocks, num_stages=p.num_stages, UNROLL_KW=p.unroll_kw, ROW_TAPS=g.kw if p.unroll_kw else 1, X_OFF32=_image_span(x) < 2**31, Y_OFF32=_image_span(y) < 2**31),
+            # loops with a single trip (C_in == 1, one kernel row) are specialised away by the JIT (ints equal to 1
+            # become constants)
+            loops=(Loop("tiles", tiles / programs),) + ((Loop("c_in", n_ci),) if g.C_in > 1 else ())
+                  + ((Loop("taps", n_rows),) if n_rows > 1 else ()),
+            scratch=(scratch,),
+        )
+        return y, [launch]
     # 1-D grid, channel block fastest: the programs sharing an x halo tile are adjacent (L2 reuse), and no grid
     # axis limit (65535 on axes 1 and 2) caps the number of tiles.
     tile = (dict(TH=p.th, TW=p.tw, HALO_H=p.halo_h, HALO_W=p.halo_w, HALO_LANES=p.halo_lanes,
                  OUT_LANES=p.out_lanes) if p.flat else
             dict(TH=p.th, TW=p.tw, HALO_H=p.halo_h, HALO_W=p.halo_w, OUT_H=p.out_h, OUT_W=p.out_w))
     launch = Launch(
-        bsconv_fwd_flat_kernel if p.flat else bsconv_fwd_kernel, (co_blocks * g.N * p.tiles_per_image,),
-        (x, pw, dw, bias if bias is not None else dw, mid_bias if mid_bias is not None else dw, y,
-         g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
-         *x.stride(), *y.stride(),
-         p.tiles_w, p.tiles_per_image,
-         g.padding[0], g.padding[1]),
-        dict(KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1], **tile,
-             BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci,
-             HAS_BIAS=bias is not None, HAS_MID=mid_bias is not None,
-             UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps),
+        bsconv_fwd_flat_kernel if p.flat else bsconv_fwd_kernel, (tiles,),
+        tensors + sizes + (p.tiles_w, p.tiles_per_image, g.padding[0], g.padding[1]),
+        dict(common, **tile),
         # flat: C_in blocks, then one loop over all taps. Separable: C_in blocks, then the kernel rows, then the
         # kernel columns. Loops over constexpr trips are optional: LLVM unrolls or keeps them depending on the
         # target and the body (Triton 3.8: sm_90 unrolls kw for 3x3 on 16x16 tiles and keeps it for 5x5 on 4x32

@@ -23,7 +23,7 @@ TILE_OVERHEAD = 256
 MAX_HALO_LANES = 256  # beyond this the intermediate tile no longer fits the register budget
 BWD_LANES = 128
 # the forward kernels a plan can pick; BSCONV_FUSED_TRITON_FWD pins one (tests run every variant)
-FORWARD_VARIANTS = ("separable", "flat")
+FORWARD_VARIANTS = ("staged", "separable", "flat")
 
 
 def next_pow2(v: int) -> int:
@@ -36,7 +36,7 @@ def cdiv(a: int, b: int) -> int:
 
 @dataclass(frozen=True)
 class ForwardPlan:
-    flat: bool  # True: bsconv_fwd_flat_kernel (any halo, one flat gather); False: bsconv_fwd_kernel (separable)
+    variant: str  # "staged" (bsconv_fwd_staged_kernel), "flat" (bsconv_fwd_flat_kernel), "separable" (bsconv_fwd_kernel)
     th: int  # valid output tile rows
     tw: int
     halo_h: int  # input rows the tile reads: (th-1)*sh + (kh-1)*dh + 1 (flat), a power of two >= that (separable)
@@ -50,6 +50,13 @@ class ForwardPlan:
     block_co: int
     block_ci: int
     num_warps: int
+    programs_per_sm: int = 0  # staged: resident programs per SM of the persistent grid
+    unroll_kw: bool = False  # staged: the tap loop walks kernel rows with the columns unrolled (else one tap a step)
+    num_stages: int = 3  # software pipelining depth of the GEMM loop
+
+    @property
+    def flat(self) -> bool:
+        return self.variant == "flat"
 
     @property
     def tiles_per_image(self) -> int:
@@ -144,13 +151,148 @@ def _candidates(g: Geometry):
             yield (tiles * (lanes * pw_cost + out_lanes * per_tap * taps + TILE_OVERHEAD), lanes, True, th, tw, hh, hw)
 
 
-@functools.lru_cache(maxsize=1024)
-def plan_forward(g: Geometry, variant: str = "") -> ForwardPlan:
-    """The cheapest forward tile (by the estimate of _candidates) for geometry g.
+# Cost model of the staged forward (bsconv_fwd_staged_kernel), calibrated on its sm_90 SASS (Triton 3.8, fp16,
+# the suite layers of docs/triton-kernels.md): warp-instructions issued per program and tile, split by where they
+# sit in the compiled loops. A static prediction, not a measurement; re-derive after changing the kernel.
+# per program and tile: a fixed part per warp plus parts per t value (halo lanes x BLOCK_CO) and per output value
+STAGED_TILE_PER_WARP = 208  # tile decode, barriers, pointer setup, the peeled first GEMM step
+STAGED_TILE_PER_HALO_ELEM = 0.086  # t -> scratch (a layout conversion through shared memory, STG.128)
+STAGED_TILE_PER_HALO_ELEM_NCHW = 0.23  # NCHW: + scalar 16-bit x loads with 64-bit addresses in the peeled step
+STAGED_TILE_PER_OUT_ELEM = 0.105  # y addresses, bias, store
+STAGED_CI_STEP_PER_WARP = 51  # one BLOCK_CI step of the GEMM loop: cp.async + wgmma + waits (CL)
+STAGED_CI_STEP_PER_HALO_ELEM = 0.0156
+STAGED_CI_STEP_PER_HALO_ELEM_NCHW = 0.10  # NCHW: the x tile goes through scalar LDG + STS
+STAGED_TAP_PER_WARP = 23  # one tap: its weight vector (8 cvt per thread), the loop over kernel rows
+STAGED_TAP_PER_OUT_ELEM = 0.055  # LDG.128 per 8 channels, 1 cvt + 1 FFMA per value (1.75 thread-instructions)
+# shared-memory time over tensor time (wgmma operand reads + the t layout conversion, SASS count): N = BLOCK_CO 64
+# reads the A operand once per 64 channels, 128 once per 128
+STAGED_SMEM_OVER_TENSOR = {64: 1.35, 128: 1.10}
+H100 = dict(sms=132, clock=1.755e9, issue=4, dram=3.0e12, tensor=700e12)
+# halo lanes (and output lanes) x BLOCK_CO: at most 64 fp32 values per thread at 8 warps for 16-bit inputs, 32 for
+# fp32 inputs (their t tile and operands double: 64 spill in the sm_90 compile)
+STAGED_MAX_TILE_VALUES = {2: 16384, 4: 8192}
 
-    variant: "" (cheapest of both), "flat" or "separable" (tests and tuning pin one)."""
-    if variant not in ("", "flat", "separable"):
-        raise ValueError(f"variant must be '', 'flat' or 'separable', got {variant!r}")
+
+@dataclass(frozen=True)
+class StagedCost:
+    """Predicted lower bounds (seconds, H100 SXM) of the staged forward for one plan; see predict_staged."""
+
+    issue: float
+    tensor: float
+    smem: float
+    dram: float
+
+    @property
+    def bound(self) -> float:
+        return max(self.issue, self.tensor, self.smem, self.dram)
+
+    @property
+    def binding(self) -> str:
+        return max(("issue", self.issue), ("tensor", self.tensor), ("smem", self.smem), ("dram", self.dram),
+                   key=lambda kv: kv[1])[0]
+
+
+def _elem_size(dtype) -> int:
+    return 4 if "32" in str(dtype) else 2
+
+
+def predict_staged(g: Geometry, p: "ForwardPlan", channels_last: bool = True, dtype="float16",
+                   machine=H100) -> StagedCost:
+    """Static prediction of the staged forward: max over issue, tensor, shared-memory and DRAM time."""
+    co_blocks = cdiv(g.C_out, p.block_co)
+    tiles = g.N * p.tiles_per_image * co_blocks
+    halo = p.halo_lanes * p.block_co
+    outv = p.out_lanes * p.block_co
+    n_ci = cdiv(g.C_in, p.block_ci)
+    w = p.num_warps
+    per_tile = (w * STAGED_TILE_PER_WARP
+                + (STAGED_TILE_PER_HALO_ELEM if channels_last else STAGED_TILE_PER_HALO_ELEM_NCHW) * halo
+                + STAGED_TILE_PER_OUT_ELEM * outv
+                + n_ci * (w * STAGED_CI_STEP_PER_WARP + (STAGED_CI_STEP_PER_HALO_ELEM if channels_last else
+                                                         STAGED_CI_STEP_PER_HALO_ELEM_NCHW) * halo)
+                + g.kh * g.kw * (w * STAGED_TAP_PER_WARP + STAGED_TAP_PER_OUT_ELEM * outv))
+    programs = min(tiles, p.programs_per_sm * machine["sms"])
+    # persistent programs: the busiest SM holds min(programs_per_sm, ceil(programs / SMs)) programs, each running
+    # ceil(tiles / programs) tiles
+    per_sm_tiles = cdiv(tiles, programs) * min(p.programs_per_sm, cdiv(programs, machine["sms"]))
+    issue = per_sm_tiles * per_tile / (machine["issue"] * machine["clock"])
+    flops = 2.0 * tiles * p.halo_lanes * p.block_co * n_ci * p.block_ci
+    tensor = flops / machine["tensor"]
+    b = _elem_size(dtype)
+    dram = b * (g.N * g.H * g.W * g.C_in + g.N * g.Ho * g.Wo * g.C_out + g.C_in * g.C_out
+                + g.C_out * (g.kh * g.kw + 1)) / machine["dram"]
+    smem = STAGED_SMEM_OVER_TENSOR.get(p.block_co, 1.35 * 64 / p.block_co if p.block_co < 64 else 1.1) * tensor
+    return StagedCost(issue=issue, tensor=tensor, smem=smem, dram=dram)
+
+
+def unfused_forward_seconds(g: Geometry, dtype="float16", machine=H100) -> float:
+    """Roofline of the ideal two-layer path (bsconv_fused/bench/bounds.py's formula): a pointwise kernel writing t
+    and a depthwise kernel reading it, each max(bytes / bandwidth, GEMM FLOPs / tensor throughput)."""
+    b = _elem_size(dtype)
+    n_x = g.N * g.H * g.W * g.C_in
+    n_t = g.N * g.H * g.W * g.C_out
+    n_y = g.N * g.Ho * g.Wo * g.C_out
+    gemm = 2.0 * n_x * g.C_out
+    pw = max(b * (n_x + n_t + g.C_in * g.C_out) / machine["dram"], gemm / machine["tensor"])
+    dw = b * (n_t + n_y + g.C_out * (g.kh * g.kw + 1)) / machine["dram"]
+    return pw + dw
+
+
+def staged_plan(g: Geometry, th: int, tw: int, block_co: int, num_warps: int = 0, unroll_kw: bool = False) -> ForwardPlan:
+    """The staged kernel's plan for a given output tile (th x tw) and channel block."""
+    sh, sw = g.stride
+    dh, dw = g.dilation
+    hh = _halo(th, g.kh, sh, dh)
+    hw = _halo(tw, g.kw, sw, dw)
+    lanes = max(64, next_pow2(hh * hw))
+    out_lanes = max(16, next_pow2(th * tw))
+    if not num_warps:
+        num_warps = 8 if max(lanes, out_lanes) * block_co > 8192 else 4  # at most 64 fp32 values per thread
+    return ForwardPlan(
+        variant="staged", th=th, tw=tw, halo_h=hh, halo_w=hw, halo_lanes=lanes, out_h=0, out_w=0,
+        out_lanes=out_lanes, tiles_h=cdiv(g.Ho, th), tiles_w=cdiv(g.Wo, tw), block_co=block_co,
+        block_ci=_dot_block(g.C_in, 32), num_warps=num_warps,
+        # resident programs per SM (registers): 8 warps at 150-250 registers fit once, 4 warps twice
+        programs_per_sm=1 if num_warps == 8 else 2, unroll_kw=unroll_kw, num_stages=3)
+
+
+def _staged_candidates(g: Geometry, channels_last: bool, elem_size: int):
+    cap = STAGED_MAX_TILE_VALUES[4 if elem_size >= 4 else 2]
+    for block_co in sorted({_dot_block(g.C_out, 64), _dot_block(g.C_out, 128)}):
+        for th in range(1, min(g.Ho, 32) + 1):
+            for tw in range(1, min(g.Wo, 64) + 1):
+                p = staged_plan(g, th, tw, block_co, 0 if cap > 8192 else 8)
+                if max(p.halo_lanes, p.out_lanes) * block_co > cap:
+                    continue
+                yield predict_staged(g, p, channels_last).bound, p.halo_lanes, p
+
+
+def plan_staged(g: Geometry, channels_last: bool = True, elem_size: int = 2) -> ForwardPlan:
+    """The staged tile with the lowest predicted time (ties: the smaller halo)."""
+    best = min(_staged_candidates(g, channels_last, elem_size), key=lambda c: c[:2], default=None)
+    if best is None:
+        raise ValueError(unsupported_reason(g) or f"no forward tile fits geometry {g}")
+    return best[2]
+
+
+def forward_loses(g: Geometry, dtype, channels_last: bool = True) -> Optional[str]:
+    """Why the fused forward is predicted slower than the ideal two-layer path for geometry g, or None.
+
+    Both sides are static H100 predictions: the staged kernel's cost model (predict_staged, calibrated on its SASS)
+    against the unfused roofline (unfused_forward_seconds). The backend choice runs the two-layer path when this
+    returns a reason."""
+    if unsupported_reason(g):
+        return unsupported_reason(g)
+    p = plan_forward(g, "", channels_last, _elem_size(dtype))
+    cost = predict_staged(g, p, channels_last, dtype)
+    unfused = unfused_forward_seconds(g, dtype)
+    if cost.bound > unfused:
+        return (f"the fused Triton forward is predicted at {cost.bound * 1e6:.1f} us ({cost.binding}-bound) against "
+                f"{unfused * 1e6:.1f} us for the ideal two-layer path (static H100 model)")
+    return None
+
+
+def _legacy_plan(g: Geometry, variant: str) -> ForwardPlan:
     cands = (c for c in _candidates(g) if not variant or c[2] == (variant == "flat"))
     best = min(cands, key=lambda c: c[:2], default=None)
     if best is None:
@@ -162,10 +304,24 @@ def plan_forward(g: Geometry, variant: str = "") -> ForwardPlan:
     while block_co > 16 and max(lanes, out_lanes) * block_co > MAX_TILE_VALUES:
         block_co //= 2
     return ForwardPlan(
-        flat=flat, th=th, tw=tw, halo_h=hh, halo_w=hw, halo_lanes=lanes, out_h=out_h, out_w=out_w,
-        out_lanes=out_lanes, tiles_h=cdiv(g.Ho, th), tiles_w=cdiv(g.Wo, tw), block_co=block_co,
-        block_ci=_dot_block(g.C_in, 32), num_warps=8 if lanes * block_co >= 4096 else 4,
+        variant="flat" if flat else "separable", th=th, tw=tw, halo_h=hh, halo_w=hw, halo_lanes=lanes,
+        out_h=out_h, out_w=out_w, out_lanes=out_lanes, tiles_h=cdiv(g.Ho, th), tiles_w=cdiv(g.Wo, tw),
+        block_co=block_co, block_ci=_dot_block(g.C_in, 32), num_warps=8 if lanes * block_co >= 4096 else 4,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def plan_forward(g: Geometry, variant: str = "", channels_last: bool = True, elem_size: int = 2) -> ForwardPlan:
+    """The forward tile plan for geometry g.
+
+    variant: "" (the default: staged), "staged", "flat" or "separable" (the older gather kernels; tests and
+    tuning pin one). channels_last: x's layout (NCHW x loads cost more in the staged kernel's GEMM). elem_size: bytes
+    per element of x (fp32 tiles are capped smaller: registers)."""
+    if variant not in ("", "staged", "flat", "separable"):
+        raise ValueError(f"variant must be '', 'staged', 'flat' or 'separable', got {variant!r}")
+    if variant in ("flat", "separable"):
+        return _legacy_plan(g, variant)
+    return plan_staged(g, channels_last, elem_size)
 
 
 def _bwd_tile(ext_h: int, ext_w: int, lanes: int) -> Tuple[int, int]:
