@@ -6,9 +6,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <map>
+#include <mutex>
 
 #include "common.cuh"
+#include "device.cuh"
 
 namespace bsconv_fused {
 namespace cuda {
@@ -30,14 +34,27 @@ struct OutTilePlan {
   bool gemm;
 };
 
+// Halo pixels beyond which a plan cannot fit any device's shared memory (the pixel table alone takes 8 bytes each);
+// checked in 64-bit before anything is narrowed to int, so absurd dilation / padding cannot wrap around.
+constexpr int64_t kMaxHaloPixels = int64_t(1) << 20;
+
+// A plan whose smem is kNoFit does not fit (see pick_out_plan).
+constexpr int kNoFit = 0x7fffffff;
+
 inline OutTilePlan make_out_plan(const Geometry& g, int esz, int BN, OutTileUse use, int TOH, int TOW) {
   OutTilePlan p{};
   p.BN = BN;
   p.TOH = TOH;
   p.TOW = TOW;
   p.TOPIX = TOH * TOW;
-  p.IH = (TOH - 1) * g.stride_h + (g.kh - 1) * g.dil_h + 1;
-  p.IW = (TOW - 1) * g.stride_w + (g.kw - 1) * g.dil_w + 1;
+  const int64_t IH = int64_t(TOH - 1) * g.stride_h + int64_t(g.kh - 1) * g.dil_h + 1;
+  const int64_t IW = int64_t(TOW - 1) * g.stride_w + int64_t(g.kw - 1) * g.dil_w + 1;
+  if (IH * IW > kMaxHaloPixels) {
+    p.smem = kNoFit;
+    return p;
+  }
+  p.IH = static_cast<int>(IH);
+  p.IW = static_cast<int>(IW);
   p.P = p.IH * p.IW;
   p.P_pad = static_cast<int>(align_up(p.P, 16));
   p.LDT = p.P_pad + 4;  // a multiple of 4 (WMMA store) that shifts consecutive channel rows across banks
@@ -72,29 +89,9 @@ inline OutTilePlan make_out_plan(const Geometry& g, int esz, int BN, OutTileUse 
   return p;
 }
 
-inline int device_smem_optin() {
-  int dev = 0, bytes = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 48 * 1024;
-  if (cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return 48 * 1024;
-  return bytes;
-}
-
-inline int device_smem_per_sm() {
-  int dev = 0, bytes = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 100 * 1024;
-  if (cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess) return 100 * 1024;
-  return bytes;
-}
-
-inline int device_sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) return 132;
-  return n;
-}
-
-inline OutTilePlan pick_out_plan_within(const Geometry& g, int esz, int BN, OutTileUse use, int smem_limit) {
-  const int64_t slots = int64_t(device_sm_count()) * 2;
+inline OutTilePlan pick_out_plan_within(const Geometry& g, int esz, int BN, OutTileUse use, int smem_limit,
+                                        const DeviceLimits& d) {
+  const int64_t slots = std::max<int64_t>(1, int64_t(d.sm_count) * 2);  // >= 1 even for an unqueryable device
   const int cand_h[] = {1, 2, 4, 8, 16, 32};
   const int cand_w[] = {1, 2, 4, 8, 16, 32, 64};
   OutTilePlan best{};
@@ -131,11 +128,34 @@ inline OutTilePlan pick_out_plan_within(const Geometry& g, int esz, int BN, OutT
 // GEMM rows (halo pixels plus a fixed overhead). Halo recompute favours big tiles, small maps and N=1 favour more
 // blocks. Tiles that let two blocks share an SM are preferred; a larger one is taken only when nothing else fits.
 // Returns a plan with smem = 0 if nothing fits in shared memory at all (absurd dilations).
-inline OutTilePlan pick_out_plan(const Geometry& g, int esz, int BN, OutTileUse use) {
-  const int two_per_sm = std::min(device_smem_optin(), device_smem_per_sm() / 2 - 1024);
-  const OutTilePlan two = pick_out_plan_within(g, esz, BN, use, two_per_sm);
-  return two.smem != 0 ? two : pick_out_plan_within(g, esz, BN, use, device_smem_optin());
+inline OutTilePlan pick_out_plan_uncached(const Geometry& g, int esz, int BN, OutTileUse use, const DeviceLimits& d) {
+  const int two_per_sm = std::min(d.smem_optin, d.smem_per_sm / 2 - 1024);
+  const OutTilePlan two = pick_out_plan_within(g, esz, BN, use, two_per_sm, d);
+  return two.smem != 0 ? two : pick_out_plan_within(g, esz, BN, use, d.smem_optin, d);
 }
+
+// Plans are cached per (geometry, element size, channel block, use, device): picking one evaluates ~50 candidate
+// tiles, and a training step asks for the same few layers over and over (forward, workspace size, backward).
+inline OutTilePlan pick_out_plan(const Geometry& g, int esz, int BN, OutTileUse use, const DeviceLimits& d) {
+  using Key = std::array<int64_t, 19>;
+  static std::mutex mu;
+  static std::map<Key, OutTilePlan> cache;
+  const Key key{g.N,        g.C_in,     g.C_out,  g.H,      g.W,     g.Ho, g.Wo, g.kh,          g.kw,   g.stride_h,
+                g.stride_w, g.pad_h,    g.pad_w,  g.dil_h,  g.dil_w, esz,  BN,   int64_t(use), d.index};
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  const OutTilePlan p = pick_out_plan_uncached(g, esz, BN, use, d);
+  std::lock_guard<std::mutex> lock(mu);
+  if (cache.size() >= 4096) cache.clear();  // bounded: a sweep over many shapes must not grow it forever
+  cache.emplace(key, p);
+  return p;
+}
+
+// Grid size of an output-tile plan; the launchers refuse more than 2^31 - 1 blocks.
+inline int64_t out_plan_blocks(const OutTilePlan& p) { return p.n_spatial * p.n_cob; }
 
 // Per-block view of the plan's shared memory.
 struct OutTileSmem {
