@@ -223,6 +223,9 @@ __device__ void out_tile_prologue(const OutTilePlan& p, const Geometry& g, const
   }
 }
 
+// Pixels per warp and batch of the channels_last x staging: kStageBatch loads in flight per thread.
+constexpr int kStageBatch = 8;
+
 // t_s[o][q] = sum_i pw[o0+o, i] * x[n, i, halo q] (+ mid_bias[o0+o] where q is inside the image). Needs sm.pix.
 // Ends with a __syncthreads(), so t_s is ready for every thread.
 template <typename T, int BN, bool TC>
@@ -255,27 +258,47 @@ __device__ void out_tile_intermediate(const OutTilePlan& p, const Geometry& g, c
     BlockMma<T, BN, false, false, TC> mma;
     for (int64_t k0 = 0; k0 < g.C_in; k0 += kKC) {
       __syncthreads();  // the previous chunk's readers are done with x_s / w_s
+      // Loads first, stores after: every load of a batch is in flight at once (a load -> store chain per element
+      // would leave one load per warp in flight; static review P1). Out-of-range elements load nothing and stage 0.
       if (x_cl) {
-        for (int mm = warp; mm < mc; mm += kWarps) {
-          const int q = m0 + mm;
-          const int64_t off = q < p.P ? sm.pix[q] : int64_t(-1);
-          const int64_t ci = k0 + lane;  // kKC == 32 == warp size
-          T v = from_f<T>(0.0f);
-          if (off >= 0 && ci < g.C_in) v = x[off + ci * xs.c];
-          xsm[lane * p.LDX + mm] = v;
+        const int64_t ci = k0 + lane;  // kKC == 32 == warp size
+        const bool ci_ok = ci < g.C_in;
+        for (int mb = 0; mb < mc; mb += kWarps * kStageBatch) {
+          T v[kStageBatch];
+#pragma unroll
+          for (int j = 0; j < kStageBatch; ++j) {
+            const int mm = mb + warp + kWarps * j;
+            const int q = m0 + mm;
+            const int64_t off = (mm < mc && q < p.P && ci_ok) ? sm.pix[q] : int64_t(-1);
+            v[j] = off >= 0 ? x[off + ci * xs.c] : from_f<T>(0.0f);
+          }
+#pragma unroll
+          for (int j = 0; j < kStageBatch; ++j) {
+            const int mm = mb + warp + kWarps * j;
+            if (mm < mc) xsm[lane * p.LDX + mm] = v[j];
+          }
         }
       } else {
-        for (int kk = warp; kk < kKC; kk += kWarps) {
+        // A warp covers pass_rows(BN) / 32 pixel groups of 32 for each of its kKC / kWarps channels.
+        constexpr int kRowIters = pass_rows(BN) / 32;
+        constexpr int kChanIters = kKC / kWarps;
+#pragma unroll
+        for (int i = 0; i < kChanIters; ++i) {
+          const int kk = warp + kWarps * i;
           const int64_t ci = k0 + kk;
           const int64_t coff = ci * xs.c;
-          for (int mm = lane; mm < mc; mm += 32) {
+          T v[kRowIters];
+#pragma unroll
+          for (int j = 0; j < kRowIters; ++j) {
+            const int mm = lane + 32 * j;
             const int q = m0 + mm;
-            T v = from_f<T>(0.0f);
-            if (ci < g.C_in && q < p.P) {
-              const int64_t off = sm.pix[q];
-              if (off >= 0) v = x[off + coff];
-            }
-            xsm[kk * p.LDX + mm] = v;
+            const int64_t off = (mm < mc && q < p.P && ci < g.C_in) ? sm.pix[q] : int64_t(-1);
+            v[j] = off >= 0 ? x[off + coff] : from_f<T>(0.0f);
+          }
+#pragma unroll
+          for (int j = 0; j < kRowIters; ++j) {
+            const int mm = lane + 32 * j;
+            if (mm < mc) xsm[kk * p.LDX + mm] = v[j];
           }
         }
       }
