@@ -11,7 +11,9 @@ Knobs (environment variables):
   BSCONV_FUSED_CPU_ONLY=1     build the CPU kernels only, even when CUDA is available
   BSCONV_FUSED_FORCE_BUILD=1  fail instead of installing pure Python when torch is not importable
   BSCONV_FUSED_FORCE_CUDA=1   fail instead of falling back to a CPU-only build when CUDA cannot be built
-  TORCH_CUDA_ARCH_LIST        e.g. "8.0;9.0" (default: the visible GPUs, else a list that suits the nvcc found)
+  TORCH_CUDA_ARCH_LIST        e.g. "8.0;9.0" (default: the visible GPUs, else a list that suits the nvcc found);
+                              entries below 8.0 (the kernels need sm_80) and entries this nvcc cannot compile are
+                              dropped with a message
   MAX_JOBS                    parallel compile jobs (ninja)
   CUDA_HOME                   CUDA toolkit root (default: /usr/local/cuda when it exists)
 """
@@ -68,6 +70,81 @@ def _default_arch_list(version: tuple[int, int]) -> str:
     if version >= (11, 8):
         return "8.0;9.0+PTX"
     return "8.0+PTX"
+
+
+def _nvcc_archs(cuda_home: str) -> set[int] | None:
+    """The compute capabilities (10 * major + minor) this nvcc compiles for, or None when it cannot say."""
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    try:
+        out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    archs = {int(m) for m in re.findall(r"compute_(\d+)", out)}
+    return archs or None
+
+
+# The kernels use bf16 and TF32 tensor cores (sm_80). Older archs would only get empty kernel bodies, and the
+# extension refuses those devices at run time with the reason (bsconv_fused::cuda_refusal), so they are not built.
+_MIN_ARCH = 80
+_ARCH_ENTRY = re.compile(r"^(\d+)\.(\d+)([a-z]?)(\+PTX)?$")
+
+
+def _filter_arch_list(arch_list: str, supported: set[int] | None) -> tuple[list[str], list[str]]:
+    """(kept, dropped-with-reason) entries of a TORCH_CUDA_ARCH_LIST value (';' or space separated)."""
+    kept, dropped = [], []
+    for entry in re.split(r"[;\s]+", arch_list.strip()):
+        if not entry:
+            continue
+        m = _ARCH_ENTRY.match(entry)
+        if m is None:  # a named arch (e.g. "Ampere"): torch resolves it, we cannot judge it
+            kept.append(entry)
+            continue
+        cc = 10 * int(m.group(1)) + int(m.group(2))
+        if cc < _MIN_ARCH:
+            dropped.append(f"{entry} (the kernels need compute capability 8.0 or newer)")
+        elif supported is not None and cc not in supported:
+            dropped.append(f"{entry} (this nvcc cannot compile for it)")
+        else:
+            kept.append(entry)
+    return kept, dropped
+
+
+def _visible_arch_list(torch) -> str:
+    """The visible GPUs' archs as torch would build them (the newest with PTX), or '' when none is visible."""
+    try:
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    except Exception:  # noqa: BLE001 - a broken driver must not break the install: use the default list
+        return ""
+    if not caps:
+        return ""
+    names = [f"{major}.{minor}" for major, minor in caps]
+    names[-1] += "+PTX"
+    return ";".join(names)
+
+
+def _resolve_arch_list(torch, cuda_home: str) -> str:
+    """The TORCH_CUDA_ARCH_LIST to build with: the user's or the visible GPUs', minus what cannot or need not be
+    built; the default list for this nvcc when nothing is left (the kernels then run on newer GPUs only and an
+    older visible GPU is refused at run time, with the reason)."""
+    version = _nvcc_version(cuda_home) or (12, 0)
+    supported = _nvcc_archs(cuda_home)
+    user = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    source = "TORCH_CUDA_ARCH_LIST" if user else "the visible GPUs"
+    requested = user or (_visible_arch_list(torch) if torch.cuda.is_available() else "")
+    if requested:
+        kept, dropped = _filter_arch_list(requested, supported)
+        for d in dropped:
+            _log(f"dropping arch {d} from {source}")
+        if kept:
+            return ";".join(kept)
+        _log(f"nothing left of {source} ({requested!r}) to build for: building this nvcc's default list instead "
+             "(such a GPU is refused at run time, with the reason)")
+    default, dropped = _filter_arch_list(_default_arch_list(version), supported)
+    for d in dropped:
+        _log(f"dropping arch {d} from the default list")
+    if not default:  # an nvcc without sm_80..: let it pick (the build will say what it supports)
+        default = [f"{max(supported)//10}.{max(supported)%10}+PTX"] if supported else ["8.0+PTX"]
+    return ";".join(default)
 
 
 def _sources(*patterns: str) -> list[str]:
@@ -127,10 +204,7 @@ def _extensions():
 
     if cuda_home is not None:
         cpp_extension.CUDA_HOME = cuda_home
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            version = _nvcc_version(cuda_home) or (12, 0)
-            os.environ["TORCH_CUDA_ARCH_LIST"] = _default_arch_list(version)
-            _log(f"no GPU visible and TORCH_CUDA_ARCH_LIST unset: building for {os.environ['TORCH_CUDA_ARCH_LIST']}")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _resolve_arch_list(torch, cuda_home)
         nvcc_flags = [
             "-O3",
             "-lineinfo",
@@ -149,7 +223,7 @@ def _extensions():
             extra_link_args=link_flags,
         )
         _log(f"building the CUDA extension (CUDA_HOME={cuda_home}, "
-             f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '<visible GPUs>')})")
+             f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})")
     else:
         ext = cpp_extension.CppExtension(
             name="bsconv_fused._C",

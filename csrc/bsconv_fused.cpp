@@ -1,6 +1,6 @@
 // bsconv_fused._C: declares the extension's ops once (TORCH_LIBRARY) and implements them for CPU tensors.
 // The CUDA implementation is registered from csrc/glue/cuda_impl.cpp, compiled only in the CUDA build.
-// Fake kernels and autograd are registered from Python (bsconv_fused/cpp_ops.py through ops.register_pair), and the
+// Fake kernels and autograd are registered from Python (bsconv_fused/_ext.py through ops.register_pair), and the
 // Python-defined Triton ops share the namespace as a FRAGMENT, so import order does not matter.
 //
 // Light headers on purpose: <torch/extension.h> costs ~1 min per file on the 2-core build machines.
@@ -14,6 +14,7 @@
 
 #include "cpu/bsconv_cpu.h"
 #include "glue/checks.h"
+#include "glue/cuda_refusal.h"
 
 #if __has_include(<torch/headeronly/version.h>)
 #include <torch/headeronly/version.h>
@@ -118,6 +119,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
 }
 
 }  // namespace
+
+#ifndef BSCONV_FUSED_WITH_CUDA
+// CPU-only build: the query exists so that Python need not know how the extension was built.
+std::string cuda_refusal(int64_t, int64_t, int64_t, int64_t, int64_t, at::IntArrayRef, at::IntArrayRef,
+                         at::IntArrayRef, at::IntArrayRef, at::ScalarType, int64_t) {
+  return "this build of bsconv_fused._C has no CUDA kernels (built without nvcc or with BSCONV_FUSED_CPU_ONLY=1)";
+}
+#endif
+
 }  // namespace bsconv_fused
 
 TORCH_LIBRARY(bsconv_fused, m) {
@@ -127,6 +137,8 @@ TORCH_LIBRARY(bsconv_fused, m) {
   m.def(
       "cpp_backward(Tensor grad_y, Tensor x, Tensor pw, Tensor dw, Tensor? mid_bias, int[] stride, int[] padding, "
       "int[] dilation, bool[] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // No tensor arguments: a catch-all kernel (csrc/glue/cuda_refusal.h documents the contract).
+  m.def(bsconv_fused::kCudaRefusalSchema, &bsconv_fused::cuda_refusal);
 }
 
 TORCH_LIBRARY_IMPL(bsconv_fused, CPU, m) {

@@ -4,7 +4,8 @@ No GPU is needed: translate.py turns the kernel launches into host calls, each b
 barriers, and a host stand-in follows the documented WMMA fragment layouts. emu_test compares y, dx, d_pw, d_dw,
 d_bias and d_mid with a float64 reference over its case list (channel counts, kernel sizes, stride, padding,
 dilation, biases, NCHW / channels_last / strided views, fp32 / TF32 / fp16 / bf16, deterministic and atomic
-reductions). It cannot see real warp-level races, real fragment behaviour or timing: the GPU tests do that.
+reductions), and the refusal rule of the host entry points. It cannot see real warp-level races, real fragment
+behaviour or timing: the GPU tests do that.
 """
 import os
 import shutil
@@ -37,3 +38,14 @@ def test_cuda_kernels_match_float64_under_emulation(emu_binary):
     assert r.returncode == 0, tail
     assert "0 failures" in tail, f"emu_test did not report a clean run: {tail}"
     assert tail.count("ok   ") > 0 or "ok   " in r.stdout, "no case ran"
+
+
+def test_refusals_under_emulation(emu_binary):
+    # `emu_test plans` prints the planner's tiles and checks the refusal rule on the emulated H100: a halo too large
+    # for shared memory and the int32-overflow geometry of the static review are refused (kRefused, nothing
+    # launched) with a reason, and a normal layer is not.
+    r = subprocess.run([emu_binary, "plans"], capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "refusals ok" in out, out[-4000:]
+    assert "does not fit in shared memory" in out, out[-4000:]

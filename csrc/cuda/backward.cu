@@ -8,9 +8,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <string>
 
 #include "bsconv_cuda.h"
 #include "common.cuh"
+#include "device.cuh"
 #include "out_tile.cuh"
 
 namespace bsconv_fused {
@@ -19,26 +21,89 @@ namespace detail {
 namespace {
 
 // dt[n, o, qh, qw] = sum over taps (a, b) of dw[o, a, b] * grad_y[n, o, ph, pw] where ph * stride_h = qh + pad_h -
-// a * dil_h (and likewise for w) lands on the output grid. gy(ph, pw) reads grad_y[n, o]; wrow is dw[o] in fp32.
+// a * dil_h (and likewise for w) lands on the output grid.
+//
+// Phase decomposition, so that the tap loop has no division and no bounds branch: along one axis the taps a that
+// reach input position q are an arithmetic progression a = a0 + i * sa (sa = stride / gcd(stride, dil)), and their
+// output index falls by dp = dil / gcd(stride, dil) per step. tap_run finds a0, its output index and the count
+// once per pixel (a few divisions, in the pixel-table prologue); dt_value then walks the run.
+struct TapSteps {
+  int sa, dph;  // rows: tap step, output-row step
+  int sb, dpw;  // columns
+};
+
+inline int gcd_int(int a, int b) {
+  while (b != 0) {
+    const int t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
+inline TapSteps tap_steps(const Geometry& g) {
+  const int gh = gcd_int(g.stride_h, g.dil_h);
+  const int gw = gcd_int(g.stride_w, g.dil_w);
+  return {g.stride_h / gh, g.dil_h / gh, g.stride_w / gw, g.dil_w / gw};
+}
+
+struct TapRun {
+  int a0, p0, count;  // first tap, its output index, number of taps (0: none)
+};
+
+// Taps of one axis reaching input position q (kernel size k, padding, dilation, stride, output size out).
+__device__ __forceinline__ TapRun tap_run(int q, int pad, int k, int dil, int stride, int out, int step, int dp) {
+  TapRun t{0, 0, 0};
+  const int r0 = q + pad;
+  int a0 = 0;
+  while (a0 < step && a0 < k && (r0 - a0 * dil) % stride != 0) ++a0;  // the residues repeat after `step` taps
+  if (a0 >= step || a0 >= k || r0 - a0 * dil < 0) return t;
+  int p0 = (r0 - a0 * dil) / stride;
+  if (p0 >= out) {  // skip the taps whose output index lies past the grid
+    const int skip = (p0 - out) / dp + 1;
+    a0 += skip * step;
+    p0 -= skip * dp;
+  }
+  if (a0 >= k || p0 < 0) return t;
+  t.a0 = a0;
+  t.p0 = p0;
+  t.count = min((k - 1 - a0) / step + 1, p0 / dp + 1);
+  return t;
+}
+
+// Per-pixel tap runs in shared memory: six int arrays of `len` entries each.
+struct TapTable {
+  int* ha;
+  int* hp;
+  int* hc;
+  int* wa;
+  int* wp;
+  int* wc;
+  __device__ __forceinline__ TapTable(int* base, int len)
+      : ha(base), hp(base + len), hc(base + 2 * len), wa(base + 3 * len), wp(base + 4 * len), wc(base + 5 * len) {}
+  // qh < 0: no taps (a padding pixel of the tile).
+  __device__ __forceinline__ void set(int m, const Geometry& g, const TapSteps& st, int qh, int qw) const {
+    const TapRun h = qh < 0 ? TapRun{0, 0, 0}
+                            : tap_run(qh, g.pad_h, g.kh, g.dil_h, g.stride_h, static_cast<int>(g.Ho), st.sa, st.dph);
+    const TapRun w = qh < 0 ? TapRun{0, 0, 0}
+                            : tap_run(qw, g.pad_w, g.kw, g.dil_w, g.stride_w, static_cast<int>(g.Wo), st.sb, st.dpw);
+    ha[m] = h.a0, hp[m] = h.p0, hc[m] = h.count;
+    wa[m] = w.a0, wp[m] = w.p0, wc[m] = w.count;
+  }
+};
+
+// dt at pixel m of a TapTable for one channel: gy(ph, pw) reads grad_y[n, o]; wrow is dw[o] in fp32.
 template <typename GyAt>
-__device__ __forceinline__ float dt_value(const Geometry& g, const GyAt& gy, const float* wrow, int qh, int qw) {
+__device__ __forceinline__ float dt_value(const Geometry& g, const TapSteps& st, const GyAt& gy, const float* wrow,
+                                          const TapTable& tt, int m) {
+  const int hc = tt.hc[m], wc = tt.wc[m], pw0 = tt.wp[m];
+  const float* wr = wrow + tt.ha[m] * g.kw + tt.wa[m];
+  const int wr_step = st.sa * g.kw;
   float acc = 0.0f;
-  const int Ho = static_cast<int>(g.Ho);
-  const int Wo = static_cast<int>(g.Wo);
 #pragma unroll 1
-  for (int a = 0; a < g.kh; ++a) {
-    const int rh = qh + g.pad_h - a * g.dil_h;
-    if (rh < 0) break;  // rh only decreases with a
-    const int ph = rh / g.stride_h;
-    if (ph * g.stride_h != rh || ph >= Ho) continue;
+  for (int i = 0, ph = tt.hp[m]; i < hc; ++i, ph -= st.dph, wr += wr_step) {
 #pragma unroll 1
-    for (int b = 0; b < g.kw; ++b) {
-      const int rw = qw + g.pad_w - b * g.dil_w;
-      if (rw < 0) break;
-      const int pwi = rw / g.stride_w;
-      if (pwi * g.stride_w != rw || pwi >= Wo) continue;
-      acc = fmaf(wrow[a * g.kw + b], gy(ph, pwi), acc);
-    }
+    for (int j = 0; j < wc; ++j) acc = fmaf(wr[j * st.sb], gy(ph, pw0 - j * st.dpw), acc);
   }
   return acc;
 }
@@ -70,6 +135,7 @@ struct DxPlan {
   // kKC channels when it fits (stage_gy), else read from device memory tap by tap.
   int GHm, GWm, GP;  // GP: channel plane stride of the window, odd so channel-fastest writes spread over banks
   bool stage_gy;
+  TapSteps steps;
   int off_dt, off_w, off_c, off_dw, off_q, off_g;
   int smem;
 };
@@ -80,14 +146,14 @@ constexpr size_t kGyStageBytes = 48 * 1024;
 // Rows of the dx tile: TF32 with BN = 32 holds 128 rows (256 would spill on sm_80 next to the dt stencil).
 __host__ __device__ constexpr int dx_rows(int esz, int BN) { return esz == 4 && BN == 32 ? 128 : pass_rows(BN); }
 
-inline DxPlan make_dx_plan(const Geometry& g, int esz) {
+inline DxPlan make_dx_plan(const Geometry& g, int esz, const DeviceLimits& d) {
   DxPlan p{};
   p.BN = pick_block_n(g.C_in);
   const int rows = dx_rows(esz, p.BN);
   p.TIW = static_cast<int>(std::min<int64_t>(g.W, 32));
   p.TIH = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(g.H, rows / p.TIW)));
   // Few blocks (small maps, N=1): thinner tiles so that the SMs have work.
-  const int64_t slots = int64_t(device_sm_count()) * 2;
+  const int64_t slots = int64_t(d.sm_count) * 2;
   while (p.TIH > 1 && g.N * div_up(g.H, p.TIH) * div_up(g.W, p.TIW) * div_up(g.C_in, p.BN) < slots) p.TIH /= 2;
   p.MQ = p.TIH * p.TIW;
   p.MQ_pad = static_cast<int>(align_up(p.MQ, 16));
@@ -109,13 +175,17 @@ inline DxPlan make_dx_plan(const Geometry& g, int esz) {
   p.off_w = p.off_dt + static_cast<int>(dt_bytes);
   p.off_c = p.off_dt;
   p.off_dw = take(size_t(kKC) * KK * 4);
-  p.off_q = take(size_t(p.MQ_pad) * 2 * 4);
-  p.GHm = (p.TIH - 1 + (g.kh - 1) * g.dil_h) / g.stride_h + 1;
-  p.GWm = (p.TIW - 1 + (g.kw - 1) * g.dil_w) / g.stride_w + 1;
-  p.GP = (p.GHm * p.GWm) | 1;
-  const size_t g_bytes = size_t(kKC) * p.GP * 4;
-  p.stage_gy = g_bytes <= kGyStageBytes;
-  p.off_g = take(p.stage_gy ? g_bytes : 0);
+  p.steps = tap_steps(g);
+  p.off_q = take(size_t(p.MQ_pad) * 8 * 4);  // qh, qw and the TapTable
+  // 64-bit: a huge dilation makes the window huge (then it is simply not staged).
+  const int64_t GHm = (p.TIH - 1 + int64_t(g.kh - 1) * g.dil_h) / g.stride_h + 1;
+  const int64_t GWm = (p.TIW - 1 + int64_t(g.kw - 1) * g.dil_w) / g.stride_w + 1;
+  const int64_t g_bytes = int64_t(kKC) * ((GHm * GWm) | 1) * 4;
+  p.stage_gy = g_bytes <= int64_t(kGyStageBytes);
+  p.GHm = p.stage_gy ? static_cast<int>(GHm) : 0;
+  p.GWm = p.stage_gy ? static_cast<int>(GWm) : 0;
+  p.GP = p.stage_gy ? (p.GHm * p.GWm) | 1 : 0;
+  p.off_g = take(p.stage_gy ? size_t(g_bytes) : 0);
   p.smem = static_cast<int>(smem.size);
   return p;
 }
@@ -143,6 +213,7 @@ struct DxArgs {
 
 template <typename T, int BN, bool TC>
 __global__ void __launch_bounds__(kThreads, 2) dx_kernel(const DxArgs<T> a) {
+#if BSCONV_ARCH_OK
   extern __shared__ __align__(128) unsigned char smem[];
   const Geometry& g = a.g;
   const DxPlan& p = a.p;
@@ -152,6 +223,7 @@ __global__ void __launch_bounds__(kThreads, 2) dx_kernel(const DxArgs<T> a) {
   float* dw_s = reinterpret_cast<float*>(smem + p.off_dw);
   int* qh_s = reinterpret_cast<int*>(smem + p.off_q);
   int* qw_s = qh_s + p.MQ_pad;
+  const TapTable taps(qw_s + p.MQ_pad, p.MQ_pad);
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
   const int KK = g.kh * g.kw;
@@ -170,6 +242,7 @@ __global__ void __launch_bounds__(kThreads, 2) dx_kernel(const DxArgs<T> a) {
     const bool valid = m < p.MQ && qh < g.H && qw < g.W;
     qh_s[m] = valid ? qh : -1;
     qw_s[m] = qw;
+    taps.set(m, g, p.steps, valid ? qh : -1, qw);
   }
   const int mt_count = p.MQ_pad / 16;
   const bool gy_cl = a.gys.c < a.gys.w;
@@ -220,11 +293,10 @@ __global__ void __launch_bounds__(kThreads, 2) dx_kernel(const DxArgs<T> a) {
     __syncthreads();
     // dt for intermediate channel oc0 + k at tile pixel m, from the staged window or from device memory.
     auto dt_at = [&](int k, int m) -> float {
-      const int qh = qh_s[m];
-      if (qh < 0 || oc0 + k >= g.C_out) return 0.0f;
-      if (p.stage_gy) return dt_value(g, GySmem{g_s + k * g_plane, ph0, pw0, gw}, dw_s + k * KK, qh, qw_s[m]);
-      return dt_value(g, GyGlobal<T>{a.gy + n * a.gys.n + (oc0 + k) * a.gys.c, a.gys.h, a.gys.w}, dw_s + k * KK, qh,
-                      qw_s[m]);
+      if (oc0 + k >= g.C_out) return 0.0f;
+      if (p.stage_gy) return dt_value(g, p.steps, GySmem{g_s + k * g_plane, ph0, pw0, gw}, dw_s + k * KK, taps, m);
+      return dt_value(g, p.steps, GyGlobal<T>{a.gy + n * a.gys.n + (oc0 + k) * a.gys.c, a.gys.h, a.gys.w},
+                      dw_s + k * KK, taps, m);
     };
     if (gy_cl && !p.stage_gy) {
       for (int m = warp; m < p.MQ_pad; m += kWarps) dt_s[lane * p.LDQ + m] = from_f<T>(dt_at(lane, m));
@@ -258,6 +330,7 @@ __global__ void __launch_bounds__(kThreads, 2) dx_kernel(const DxArgs<T> a) {
       }
     }
   }
+#endif  // BSCONV_ARCH_OK
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -267,6 +340,7 @@ struct DpwPlan {
   int n_ob, n_ib;
   int64_t splits, chunks;  // pixel splits (blocks along K), kKC-pixel chunks in total
   int LDA, LDB, LDC;
+  TapSteps steps;
   int off_a, off_b, off_c, off_dw, off_q;
   int smem;
 };
@@ -297,7 +371,8 @@ inline DpwPlan make_dpw_plan(const Geometry& g, int esz) {
   p.off_b = p.off_a + static_cast<int>(a_bytes);
   p.off_c = p.off_a;
   p.off_dw = take(size_t(kDpwBM) * KK * 4);
-  p.off_q = take(size_t(kKC) * (8 + 4 + 4));
+  p.steps = tap_steps(g);
+  p.off_q = take(size_t(kKC) * (8 + 4 + 4 + 6 * 4));  // n, qh, qw and the TapTable
   p.smem = static_cast<int>(smem.size);
   return p;
 }
@@ -317,6 +392,7 @@ struct DpwArgs {
 
 template <typename T, int BN, bool TC>
 __global__ void __launch_bounds__(kThreads, 2) dpw_kernel(const DpwArgs<T> a) {
+#if BSCONV_ARCH_OK
   extern __shared__ __align__(128) unsigned char smem[];
   const Geometry& g = a.g;
   const DpwPlan& p = a.p;
@@ -327,6 +403,7 @@ __global__ void __launch_bounds__(kThreads, 2) dpw_kernel(const DpwArgs<T> a) {
   int64_t* qn_s = reinterpret_cast<int64_t*>(smem + p.off_q);
   int* qh_s = reinterpret_cast<int*>(qn_s + kKC);
   int* qw_s = qh_s + kKC;
+  const TapTable taps(qw_s + kKC, kKC);
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
   const int KK = g.kh * g.kw;
@@ -364,6 +441,7 @@ __global__ void __launch_bounds__(kThreads, 2) dpw_kernel(const DpwArgs<T> a) {
       qn_s[threadIdx.x] = n;
       qh_s[threadIdx.x] = qh;
       qw_s[threadIdx.x] = qw;
+      taps.set(threadIdx.x, g, p.steps, qh, qw);
     }
     __syncthreads();
     if (gy_cl) {
@@ -373,8 +451,8 @@ __global__ void __launch_bounds__(kThreads, 2) dpw_kernel(const DpwArgs<T> a) {
           const int64_t co = int64_t(o0) + o;
           float v = 0.0f;
           if (qh >= 0 && co < g.C_out)
-            v = dt_value(g, GyGlobal<T>{a.gy + qn_s[q] * a.gys.n + co * a.gys.c, a.gys.h, a.gys.w}, dw_s + o * KK, qh,
-                         qw_s[q]);
+            v = dt_value(g, p.steps, GyGlobal<T>{a.gy + qn_s[q] * a.gys.n + co * a.gys.c, a.gys.h, a.gys.w},
+                         dw_s + o * KK, taps, q);
           a_s[o * p.LDA + q] = from_f<T>(v);
         }
       }
@@ -385,8 +463,8 @@ __global__ void __launch_bounds__(kThreads, 2) dpw_kernel(const DpwArgs<T> a) {
         const int64_t co = int64_t(o0) + o;
         float v = 0.0f;
         if (qh >= 0 && co < g.C_out)
-          v = dt_value(g, GyGlobal<T>{a.gy + qn_s[q] * a.gys.n + co * a.gys.c, a.gys.h, a.gys.w}, dw_s + o * KK, qh,
-                       qw_s[q]);
+          v = dt_value(g, p.steps, GyGlobal<T>{a.gy + qn_s[q] * a.gys.n + co * a.gys.c, a.gys.h, a.gys.w},
+                       dw_s + o * KK, taps, q);
         a_s[o * p.LDA + q] = from_f<T>(v);
       }
     }
@@ -430,6 +508,7 @@ __global__ void __launch_bounds__(kThreads, 2) dpw_kernel(const DpwArgs<T> a) {
       }
     }
   }
+#endif  // BSCONV_ARCH_OK
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -457,8 +536,8 @@ struct WgradArgs {
 // dy[p] * t[halo(p, tap)] and of dy[p] * [halo(p, tap) inside the image]; emit(o, tap, s_t, s_m) takes them.
 // Any stride / dilation: one (o, tap) pair per thread.
 template <typename Emit>
-__device__ __noinline__ void wgrad_generic(const Geometry& g, const OutTilePlan& p, const OutTileSmem& sm, int BN, bool need_ddw,
-                              bool need_dmid, const Emit& emit) {
+__device__ __forceinline__ void wgrad_generic(const Geometry& g, const OutTilePlan& p, const OutTileSmem& sm, int BN,
+                                              bool need_ddw, bool need_dmid, const Emit& emit) {
   const int KK = g.kh * g.kw;
   for (int e = threadIdx.x; e < BN * KK; e += kThreads) {
     const int o = e / KK;
@@ -481,11 +560,14 @@ __device__ __noinline__ void wgrad_generic(const Geometry& g, const OutTilePlan&
 
 // Unit horizontal stride and dilation: a warp takes one channel and kernel row, its lanes take runs of kRun
 // adjacent outputs, so kRun dy values and kRun + KW - 1 t values in registers serve kRun * KW products; the KW tap
-// sums are then reduced across the warp (fixed order, deterministic). 7-wide kernels use runs of 2. Not inlined:
-// called once per block, it then gets its own register allocation instead of spilling next to the GEMM.
+// sums are then reduced across the warp (fixed order, deterministic). 7-wide kernels use runs of 2. Inlined on
+// purpose: as a real call taking its arguments by reference it got a stack frame, and every shared-memory pointer
+// of the kernel lost its address space (generic loads, no LDSM in the t recompute GEMM); inlined, the GEMM's
+// accumulators are dead by the time it runs, so it adds no register pressure (tests/test_cuda_compile.py checks
+// zero stack and LDSM).
 template <int KW, typename Emit>
-__device__ __noinline__ void wgrad_runs(const Geometry& g, const OutTilePlan& p, const OutTileSmem& sm, int BN, bool need_ddw,
-                           bool need_dmid, const Emit& emit) {
+__device__ __forceinline__ void wgrad_runs(const Geometry& g, const OutTilePlan& p, const OutTileSmem& sm, int BN,
+                                           bool need_ddw, bool need_dmid, const Emit& emit) {
   constexpr int kRun = KW >= 7 ? 2 : 4;
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -540,6 +622,7 @@ __device__ __noinline__ void wgrad_runs(const Geometry& g, const OutTilePlan& p,
 
 template <typename T, int BN, bool TC>
 __global__ void __launch_bounds__(kThreads, 2) wgrad_kernel(const WgradArgs<T> a) {
+#if BSCONV_ARCH_OK
   extern __shared__ __align__(128) unsigned char smem[];
   const Geometry& g = a.g;
   const OutTilePlan& p = a.p;
@@ -648,6 +731,7 @@ __global__ void __launch_bounds__(kThreads, 2) wgrad_kernel(const WgradArgs<T> a
       }
     }
   }
+#endif  // BSCONV_ARCH_OK
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -693,7 +777,7 @@ inline OutTileUse wgrad_use(bool need_ddw) {
 }
 
 WorkspaceLayout workspace_layout(const Geometry& g, DType dtype, bool need_dpw, bool need_ddw, bool need_dbias,
-                                 bool need_dmid, bool deterministic) {
+                                 bool need_dmid, bool deterministic, const DeviceLimits& d) {
   WorkspaceLayout w;
   if (!deterministic) return w;
   const int esz = static_cast<int>(esz_of(dtype));
@@ -704,7 +788,7 @@ WorkspaceLayout workspace_layout(const Geometry& g, DType dtype, bool need_dpw, 
     w.dpw = take(size_t(w.dpw_rows) * g.C_out * g.C_in * 4);
   }
   if (need_ddw || need_dbias || need_dmid) {
-    w.wgrad_rows = pick_out_plan(g, esz, pick_block_n(g.C_out), wgrad_use(need_ddw)).n_spatial;
+    w.wgrad_rows = pick_out_plan(g, esz, pick_block_n(g.C_out), wgrad_use(need_ddw), d).n_spatial;
     const size_t plane = size_t(w.wgrad_rows) * g.C_out * 4;
     if (need_ddw) w.ddw = take(plane * g.kh * g.kw);
     if (need_dbias) w.dbias = take(plane);
@@ -715,14 +799,52 @@ WorkspaceLayout workspace_layout(const Geometry& g, DType dtype, bool need_dpw, 
 }
 
 template <typename K, typename A>
-cudaError_t launch(K kernel, const A& args, int64_t blocks, int smem, cudaStream_t stream) {
+cudaError_t launch(K kernel, const A& args, int64_t blocks, int smem, const DeviceLimits& d, cudaStream_t stream) {
   if (blocks <= 0) return cudaSuccess;
-  if (blocks > 0x7fffffff || smem > device_smem_optin()) return cudaErrorInvalidConfiguration;
-  cudaError_t err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  const cudaError_t err = prepare_kernel(reinterpret_cast<const void*>(kernel), d);
   if (err != cudaSuccess) return err;
   kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(args);
   return cudaGetLastError();
 }
+
+// The plans of one backward call (those of gradients not requested are not used).
+struct BackwardPlans {
+  DxPlan dx;
+  DpwPlan dpw;
+  OutTilePlan wgrad;
+};
+
+BackwardPlans backward_plans(const Geometry& g, int esz, bool need_ddw, bool need_wgrad, const DeviceLimits& d) {
+  BackwardPlans b;
+  b.dx = make_dx_plan(g, esz, d);
+  b.dpw = make_dpw_plan(g, esz);
+  if (need_wgrad) b.wgrad = pick_out_plan(g, esz, pick_block_n(g.C_out), wgrad_use(need_ddw), d);
+  return b;
+}
+
+// Why these plans cannot be launched for the requested gradients (empty: they can).
+std::string backward_plan_refusal(const BackwardPlans& b, bool need_dx, bool need_dpw, bool need_wgrad,
+                                  const DeviceLimits& d) {
+  const std::string limit = " bytes of shared memory per block, the device allows " + std::to_string(d.smem_optin);
+  if (need_dx && b.dx.smem > d.smem_optin) {
+    return "the input-gradient kernel needs " + std::to_string(b.dx.smem) + limit + " (kernel size too large)";
+  }
+  if (need_dx && b.dx.blocks > 0x7fffffff) return "the input-gradient grid would exceed 2^31 - 1 blocks";
+  if (need_dpw && b.dpw.smem > d.smem_optin) {
+    return "the pointwise-weight-gradient kernel needs " + std::to_string(b.dpw.smem) + limit + " (kernel size too large)";
+  }
+  if (need_wgrad && b.wgrad.smem == 0) {
+    return "the dilated kernel's input halo does not fit in shared memory even for a 1x1 output tile (the device "
+           "allows " + std::to_string(d.smem_optin) + " bytes per block)";
+  }
+  if (need_wgrad && out_plan_blocks(b.wgrad) > 0x7fffffff) {
+    return "the depthwise-weight-gradient grid would exceed 2^31 - 1 blocks";
+  }
+  return {};
+}
+
+// A kernel of this translation unit, whose image stands for all of them (they are built for the same archs).
+inline const void* backward_representative() { return reinterpret_cast<const void*>(dx_kernel<__half, 64, true>); }
 
 template <typename T, bool TC>
 cudaError_t backward_typed(const Geometry& g, DType dtype, const void* grad_y, Strides4 gys, const void* x,
@@ -731,30 +853,30 @@ cudaError_t backward_typed(const Geometry& g, DType dtype, const void* grad_y, S
                            size_t workspace_bytes, bool deterministic, cudaStream_t stream) {
   const int esz = sizeof(T);
   const bool need_wgrad = ddw != nullptr || dbias != nullptr || dmid != nullptr;
-  const WorkspaceLayout wl =
-      workspace_layout(g, dtype, dpw != nullptr, ddw != nullptr, dbias != nullptr, dmid != nullptr, deterministic);
+  // Every refusal is decided before the first launch, so that a refused call never leaves some gradients computed
+  // and others not.
+  const DeviceLimits& d = current_device_limits();
+  if (!device_refusal(d).empty() || !geometry_refusal(g).empty()) return kRefused;
+  cudaError_t err = prepare_kernel(backward_representative(), d);
+  if (err == cudaErrorNoKernelImageForDevice) return kRefused;
+  if (err != cudaSuccess) return err;
+  const BackwardPlans plans = backward_plans(g, esz, ddw != nullptr, need_wgrad, d);
+  if (!backward_plan_refusal(plans, dx != nullptr, dpw != nullptr, need_wgrad, d).empty()) return kRefused;
+  const WorkspaceLayout wl = workspace_layout(g, dtype, dpw != nullptr, ddw != nullptr, dbias != nullptr,
+                                              dmid != nullptr, deterministic, d);
   if (wl.total > 0 && (workspace == nullptr || workspace_bytes < wl.total)) return cudaErrorInvalidValue;
   char* ws = static_cast<char*>(workspace);
-  cudaError_t err = cudaSuccess;
-  // Every plan is checked before the first launch, so that cudaErrorInvalidConfiguration (the caller falls back)
-  // never leaves some gradients computed and others not.
-  const int smem_limit = device_smem_optin();
-  const DxPlan dx_plan = make_dx_plan(g, esz);
-  const DpwPlan dpw_plan = make_dpw_plan(g, esz);
-  const OutTilePlan wg_plan =
-      need_wgrad ? pick_out_plan(g, esz, pick_block_n(g.C_out), wgrad_use(ddw != nullptr)) : OutTilePlan{};
-  if ((dx != nullptr && dx_plan.smem > smem_limit) || (dpw != nullptr && dpw_plan.smem > smem_limit) ||
-      (need_wgrad && wg_plan.smem == 0)) {
-    return cudaErrorInvalidConfiguration;
-  }
+  const DxPlan& dx_plan = plans.dx;
+  const DpwPlan& dpw_plan = plans.dpw;
+  const OutTilePlan& wg_plan = plans.wgrad;
 
   if (dx != nullptr) {
     DxArgs<T> a{g, dx_plan, static_cast<const T*>(grad_y), gys, static_cast<const T*>(pw),
                 static_cast<const T*>(dw), static_cast<T*>(dx), dxs};
     switch (a.p.BN) {
-      case 16: err = launch(dx_kernel<T, 16, TC>, a, a.p.blocks, a.p.smem, stream); break;
-      case 32: err = launch(dx_kernel<T, 32, TC>, a, a.p.blocks, a.p.smem, stream); break;
-      default: err = launch(dx_kernel<T, 64, TC>, a, a.p.blocks, a.p.smem, stream); break;
+      case 16: err = launch(dx_kernel<T, 16, TC>, a, a.p.blocks, a.p.smem, d, stream); break;
+      case 32: err = launch(dx_kernel<T, 32, TC>, a, a.p.blocks, a.p.smem, d, stream); break;
+      default: err = launch(dx_kernel<T, 64, TC>, a, a.p.blocks, a.p.smem, d, stream); break;
     }
     if (err != cudaSuccess) return err;
   }
@@ -770,9 +892,9 @@ cudaError_t backward_typed(const Geometry& g, DType dtype, const void* grad_y, S
     }
     const int64_t blocks = a.p.splits * a.p.n_ob * a.p.n_ib;
     switch (a.p.BN) {
-      case 16: err = launch(dpw_kernel<T, 16, TC>, a, blocks, a.p.smem, stream); break;
-      case 32: err = launch(dpw_kernel<T, 32, TC>, a, blocks, a.p.smem, stream); break;
-      default: err = launch(dpw_kernel<T, 64, TC>, a, blocks, a.p.smem, stream); break;
+      case 16: err = launch(dpw_kernel<T, 16, TC>, a, blocks, a.p.smem, d, stream); break;
+      case 32: err = launch(dpw_kernel<T, 32, TC>, a, blocks, a.p.smem, d, stream); break;
+      default: err = launch(dpw_kernel<T, 64, TC>, a, blocks, a.p.smem, d, stream); break;
     }
     if (err != cudaSuccess) return err;
     if (deterministic) {
@@ -796,7 +918,6 @@ cudaError_t backward_typed(const Geometry& g, DType dtype, const void* grad_y, S
                    dbias,
                    dmid,
                    !deterministic};
-    if (a.p.smem == 0) return cudaErrorInvalidConfiguration;  // the dilated kernel's halo exceeds shared memory
     const int64_t KK = int64_t(g.kh) * g.kw;
     if (deterministic) {
       if (ddw != nullptr) a.ddw = reinterpret_cast<float*>(ws + wl.ddw);
@@ -809,9 +930,9 @@ cudaError_t backward_typed(const Geometry& g, DType dtype, const void* grad_y, S
     }
     const int64_t blocks = a.p.n_spatial * a.p.n_cob;
     switch (BN) {
-      case 16: err = launch(wgrad_kernel<T, 16, TC>, a, blocks, a.p.smem, stream); break;
-      case 32: err = launch(wgrad_kernel<T, 32, TC>, a, blocks, a.p.smem, stream); break;
-      default: err = launch(wgrad_kernel<T, 64, TC>, a, blocks, a.p.smem, stream); break;
+      case 16: err = launch(wgrad_kernel<T, 16, TC>, a, blocks, a.p.smem, d, stream); break;
+      case 32: err = launch(wgrad_kernel<T, 32, TC>, a, blocks, a.p.smem, d, stream); break;
+      default: err = launch(wgrad_kernel<T, 64, TC>, a, blocks, a.p.smem, d, stream); break;
     }
     if (err != cudaSuccess) return err;
     if (deterministic) {
@@ -829,7 +950,22 @@ cudaError_t backward_typed(const Geometry& g, DType dtype, const void* grad_y, S
 
 size_t backward_workspace_bytes(const Geometry& g, DType dtype, bool need_dpw, bool need_ddw, bool need_dbias,
                                 bool need_dmid, bool deterministic) {
-  return detail::workspace_layout(g, dtype, need_dpw, need_ddw, need_dbias, need_dmid, deterministic).total;
+  return detail::workspace_layout(g, dtype, need_dpw, need_ddw, need_dbias, need_dmid, deterministic,
+                                  detail::current_device_limits())
+      .total;
+}
+
+std::string backward_refusal(const Geometry& g, DType dtype) {
+  using namespace detail;
+  const DeviceLimits& d = current_device_limits();
+  std::string why = device_refusal(d);
+  if (why.empty()) why = image_refusal(backward_representative(), d);
+  if (why.empty()) why = geometry_refusal(g);
+  if (why.empty()) {
+    // Every gradient requested: the depthwise-weight plan with the t recompute is the largest of the two.
+    why = backward_plan_refusal(backward_plans(g, static_cast<int>(esz_of(dtype)), true, true, d), true, true, true, d);
+  }
+  return why;
 }
 
 cudaError_t backward(const Geometry& g, DType dtype, const void* grad_y, Strides4 gy_strides, const void* x,

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include <cuda_runtime.h>
 
@@ -29,6 +30,18 @@ struct Geometry {
 struct Strides4 {
   int64_t n, c, h, w;  // in elements
 };
+
+// Returned by forward / backward, without launching anything, when the kernels cannot run the call on the current
+// device: a pre-sm_80 device, a build without an image for the device, a dilated halo that does not fit in shared
+// memory even for a 1x1 output tile, or spans beyond the 32-bit tap arithmetic. forward_refusal /
+// backward_refusal say why; cudaErrorInvalidConfiguration and every other error stay real errors.
+constexpr cudaError_t kRefused = cudaErrorNotSupported;
+
+// Why forward / backward would refuse this call on the current device (empty: they can run it). The forward check
+// covers both output layouts, the backward check every gradient subset, so an empty answer holds for any call of
+// this geometry and dtype. Cheap after the first call per device (the device limits are cached).
+std::string forward_refusal(const Geometry& g, DType dtype);
+std::string backward_refusal(const Geometry& g, DType dtype);
 
 // y = DW(PW(x) + mid_bias) + bias in one pass. Accumulation in fp32; the intermediate never leaves the chip.
 // allow_tf32: fp32 pointwise GEMM may use TF32 tensor cores (the glue passes torch.backends.cudnn.allow_tf32).

@@ -11,6 +11,15 @@
 
 #include "bsconv_cuda.h"
 
+// Kernel bodies are compiled for sm_80 and newer only (bf16 and TF32 WMMA). Device passes for older architectures
+// see empty bodies, so a build whose arch list includes 7.x still compiles; the host entry points refuse such
+// devices before any launch (device_refusal in device.cuh). The host pass and the CPU emulation see everything.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define BSCONV_ARCH_OK 1
+#else
+#define BSCONV_ARCH_OK 0
+#endif
+
 namespace bsconv_fused {
 namespace cuda {
 namespace detail {
@@ -61,6 +70,74 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+#if BSCONV_ARCH_OK
+// WMMA fragment load from shared memory. nvcc emits wmma.load with the .shared state space for fp16 (ptxas then
+// uses LDSM) but not for bf16 and TF32, whose fragments then load through generic 32-bit LD.E. For those the same
+// instruction is issued with .shared spelled out: identical semantics and fragment layout, only the address space is
+// stated (bf16 then gets LDSM, TF32 shared LDS). The CPU emulation takes the wmma::load_matrix_sync path.
+template <bool IS_A, bool ROW, typename Elem, typename Frag, typename T>
+__device__ __forceinline__ void load_fragment_shared(Frag& f, const T* p, unsigned ldm) {
+#if defined(__CUDA_ARCH__)
+  constexpr bool bf16 = std::is_same<Elem, __nv_bfloat16>::value;
+  constexpr bool tf32 = std::is_same<Elem, nvcuda::wmma::precision::tf32>::value;
+  if constexpr (bf16 || tf32) {
+    unsigned* r = reinterpret_cast<unsigned*>(f.x);  // 4 registers: 8 bf16 or 4 tf32 elements
+    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+#define BSCONV_WMMA_LD(use, layout, shape, type)                                                                \
+  asm volatile("wmma.load." use ".sync.aligned." layout "." shape ".shared." type " {%0,%1,%2,%3}, [%4], %5;" \
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])                                              \
+               : "r"(addr), "r"(ldm)                                                                        \
+               : "memory")
+    if constexpr (bf16) {
+      if constexpr (IS_A && ROW) BSCONV_WMMA_LD("a", "row", "m16n16k16", "bf16");
+      else if constexpr (IS_A) BSCONV_WMMA_LD("a", "col", "m16n16k16", "bf16");
+      else if constexpr (ROW) BSCONV_WMMA_LD("b", "row", "m16n16k16", "bf16");
+      else BSCONV_WMMA_LD("b", "col", "m16n16k16", "bf16");
+    } else {
+      if constexpr (IS_A && ROW) BSCONV_WMMA_LD("a", "row", "m16n16k8", "tf32");
+      else if constexpr (IS_A) BSCONV_WMMA_LD("a", "col", "m16n16k8", "tf32");
+      else if constexpr (ROW) BSCONV_WMMA_LD("b", "row", "m16n16k8", "tf32");
+      else BSCONV_WMMA_LD("b", "col", "m16n16k8", "tf32");
+    }
+#undef BSCONV_WMMA_LD
+    return;
+  }
+#endif
+  nvcuda::wmma::load_matrix_sync(f, p, ldm);
+}
+
+// Accumulator store to shared memory, for the same reason: nvcc states .shared for the m16n16k16 shapes but not for
+// the TF32 m16n16k8 one (KS = 8), whose stores would otherwise be generic ST.E.
+template <int KS, bool COL, typename Frag>
+__device__ __forceinline__ void store_accumulator_shared(float* p, const Frag& f, unsigned ldm) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (KS == 8) {
+    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+#define BSCONV_WMMA_ST(layout)                                                                                  \
+  asm volatile("wmma.store.d.sync.aligned." layout ".m16n16k8.shared.f32 [%0], {%1,%2,%3,%4,%5,%6,%7,%8}, %9;" \
+               :                                                                                               \
+               : "r"(addr), "f"(f.x[0]), "f"(f.x[1]), "f"(f.x[2]), "f"(f.x[3]), "f"(f.x[4]), "f"(f.x[5]),      \
+                 "f"(f.x[6]), "f"(f.x[7]), "r"(ldm)                                                            \
+               : "memory")
+    if constexpr (COL) BSCONV_WMMA_ST("col");
+    else BSCONV_WMMA_ST("row");
+#undef BSCONV_WMMA_ST
+    return;
+  }
+#endif
+  nvcuda::wmma::store_matrix_sync(p, f, ldm, COL ? nvcuda::wmma::mem_col_major : nvcuda::wmma::mem_row_major);
+}
+#endif  // BSCONV_ARCH_OK
+
+// C[M x BN] (+)= A[M x kKC] * B[kKC x BN] for one staged K chunk, accumulated in registers over many chunks.
+// A and B live in shared memory; A_ROW / B_ROW select their layouts: A(m,k) = A_ROW ? A[m*lda+k] : A[k*lda+m],
+// B(k,n) = B_ROW ? B[k*ldb+n] : B[n*ldb+k]. M = 16 * mt_count rows (16 * mt_count <= ROWS, block-uniform).
+// Requirements of the WMMA path (met by every caller): lda/ldb multiples of 8 elements, ldc a multiple of 4, all
+// tile pointers 32-byte aligned, zero-filled padding rows/columns.
+template <typename T, int BN, bool A_ROW, bool B_ROW, bool TC, int ROWS = pass_rows(BN)>
+struct BlockMma;
+
+#if BSCONV_ARCH_OK
 // WMMA fragment element type and k-step per storage type. fp32 storage on tensor cores means TF32 (k = 8).
 template <typename T>
 struct WmmaTypes;
@@ -79,14 +156,6 @@ struct WmmaTypes<float> {
   using Elem = nvcuda::wmma::precision::tf32;
   static constexpr int KS = 8;
 };
-
-// C[M x BN] (+)= A[M x kKC] * B[kKC x BN] for one staged K chunk, accumulated in registers over many chunks.
-// A and B live in shared memory; A_ROW / B_ROW select their layouts: A(m,k) = A_ROW ? A[m*lda+k] : A[k*lda+m],
-// B(k,n) = B_ROW ? B[k*ldb+n] : B[n*ldb+k]. M = 16 * mt_count rows (16 * mt_count <= ROWS, block-uniform).
-// Requirements of the WMMA path (met by every caller): lda/ldb multiples of 8 elements, ldc a multiple of 4, all
-// tile pointers 32-byte aligned, zero-filled padding rows/columns.
-template <typename T, int BN, bool A_ROW, bool B_ROW, bool TC, int ROWS = pass_rows(BN)>
-struct BlockMma;
 
 // Tensor-core path. Warps tile BN in WN columns of 16 and walk the m-tiles in WM interleaved groups.
 template <typename T, int BN, bool A_ROW, bool B_ROW, int ROWS>
@@ -118,7 +187,7 @@ struct BlockMma<T, BN, A_ROW, B_ROW, true, ROWS> {
 #pragma unroll
     for (int ks = 0; ks < kKC; ks += KS) {
       wmma::fragment<wmma::matrix_b, 16, 16, KS, Elem, LB> b;
-      wmma::load_matrix_sync(b, B + (B_ROW ? ks * ldb + wn * 16 : wn * 16 * ldb + ks), ldb);
+      load_fragment_shared<false, B_ROW, Elem>(b, B + (B_ROW ? ks * ldb + wn * 16 : wn * 16 * ldb + ks), ldb);
       if constexpr (std::is_same<T, float>::value) {
 #pragma unroll
         for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
@@ -128,7 +197,7 @@ struct BlockMma<T, BN, A_ROW, B_ROW, true, ROWS> {
         const int mt = wm + WM * f;
         if (mt < mt_count) {
           wmma::fragment<wmma::matrix_a, 16, 16, KS, Elem, LA> a;
-          wmma::load_matrix_sync(a, A + (A_ROW ? mt * 16 * lda + ks : ks * lda + mt * 16), lda);
+          load_fragment_shared<true, A_ROW, Elem>(a, A + (A_ROW ? mt * 16 * lda + ks : ks * lda + mt * 16), lda);
           if constexpr (std::is_same<T, float>::value) {
 #pragma unroll
             for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
@@ -147,14 +216,16 @@ struct BlockMma<T, BN, A_ROW, B_ROW, true, ROWS> {
       const int mt = wm + WM * f;
       if (mt < mt_count) {
         if constexpr (C_COL) {
-          wmma::store_matrix_sync(C + wn * 16 * ldc + mt * 16, acc[f], ldc, wmma::mem_col_major);
+          store_accumulator_shared<KS, true>(C + wn * 16 * ldc + mt * 16, acc[f], ldc);
         } else {
-          wmma::store_matrix_sync(C + mt * 16 * ldc + wn * 16, acc[f], ldc, wmma::mem_row_major);
+          store_accumulator_shared<KS, false>(C + mt * 16 * ldc + wn * 16, acc[f], ldc);
         }
       }
     }
   }
 };
+
+#endif  // BSCONV_ARCH_OK
 
 // Strict fp32 path (allow_tf32 = false): each thread owns rows tm + 64*i and BN/4 consecutive columns; a warp
 // shares its columns, so B reads are broadcasts and A reads are consecutive.

@@ -1,8 +1,11 @@
 // Fused forward: y = DW(PW(x) + mid_bias) + bias in one launch. See README.md for the tiling.
 #include <cuda_runtime.h>
 
+#include <string>
+
 #include "bsconv_cuda.h"
 #include "common.cuh"
+#include "device.cuh"
 #include "out_tile.cuh"
 
 namespace bsconv_fused {
@@ -128,6 +131,7 @@ __device__ void depthwise_runs(const Geometry& g, const OutTilePlan& p, const Ou
 
 template <typename T, int BN, bool TC>
 __global__ void __launch_bounds__(kThreads, 2) forward_kernel(const FwdArgs<T> a) {
+#if BSCONV_ARCH_OK
   extern __shared__ __align__(128) unsigned char smem[];
   const Geometry& g = a.g;
   const OutTilePlan& p = a.p;
@@ -170,26 +174,39 @@ __global__ void __launch_bounds__(kThreads, 2) forward_kernel(const FwdArgs<T> a
       }
     }
   }
+#endif  // BSCONV_ARCH_OK
 }
 
 template <typename T, int BN, bool TC>
-cudaError_t launch_forward(const FwdArgs<T>& a, cudaStream_t stream) {
+cudaError_t launch_forward(const FwdArgs<T>& a, const DeviceLimits& d, cudaStream_t stream) {
   auto kernel = forward_kernel<T, BN, TC>;
-  cudaError_t err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, a.p.smem);
+  const cudaError_t err = prepare_kernel(reinterpret_cast<const void*>(kernel), d);
+  if (err == cudaErrorNoKernelImageForDevice) return kRefused;
   if (err != cudaSuccess) return err;
-  const int64_t blocks = a.p.n_spatial * a.p.n_cob;
-  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  kernel<<<static_cast<unsigned>(blocks), kThreads, a.p.smem, stream>>>(a);
+  kernel<<<static_cast<unsigned>(out_plan_blocks(a.p)), kThreads, a.p.smem, stream>>>(a);
   return cudaGetLastError();
+}
+
+inline OutTileUse forward_use(bool staged) { return staged ? OutTileUse::kForwardStaged : OutTileUse::kForward; }
+
+// Why a plan cannot be launched (empty: it can).
+std::string forward_plan_refusal(const OutTilePlan& p, const DeviceLimits& d) {
+  if (p.smem == 0) {
+    return "the dilated kernel's input halo does not fit in shared memory even for a 1x1 output tile (the device "
+           "allows " + std::to_string(d.smem_optin) + " bytes per block)";
+  }
+  if (out_plan_blocks(p) > 0x7fffffff) return "the forward grid would exceed 2^31 - 1 blocks";
+  return {};
 }
 
 template <typename T, bool TC>
 cudaError_t forward_typed(const Geometry& g, const void* x, Strides4 xs, const void* pw, const void* dw,
                           const void* bias, const void* mid_bias, void* y, Strides4 ys, cudaStream_t stream) {
+  const DeviceLimits& d = current_device_limits();
+  if (!device_refusal(d).empty() || !geometry_refusal(g).empty()) return kRefused;
   const int BN = pick_block_n(g.C_out);
-  const OutTileUse use = ys.c < ys.w ? OutTileUse::kForwardStaged : OutTileUse::kForward;
   FwdArgs<T> a{g,
-               pick_out_plan(g, sizeof(T), BN, use),
+               pick_out_plan(g, sizeof(T), BN, forward_use(ys.c < ys.w), d),
                static_cast<const T*>(x),
                xs,
                static_cast<const T*>(pw),
@@ -198,19 +215,32 @@ cudaError_t forward_typed(const Geometry& g, const void* x, Strides4 xs, const v
                static_cast<const T*>(mid_bias),
                static_cast<T*>(y),
                ys};
-  if (a.p.smem == 0) return cudaErrorInvalidConfiguration;  // the dilated kernel's halo exceeds shared memory
+  if (!forward_plan_refusal(a.p, d).empty()) return kRefused;
   switch (BN) {
     case 16:
-      return launch_forward<T, 16, TC>(a, stream);
+      return launch_forward<T, 16, TC>(a, d, stream);
     case 32:
-      return launch_forward<T, 32, TC>(a, stream);
+      return launch_forward<T, 32, TC>(a, d, stream);
     default:
-      return launch_forward<T, 64, TC>(a, stream);
+      return launch_forward<T, 64, TC>(a, d, stream);
   }
 }
 
 }  // namespace
 }  // namespace detail
+
+std::string forward_refusal(const Geometry& g, DType dtype) {
+  using namespace detail;
+  const DeviceLimits& d = current_device_limits();
+  std::string why = device_refusal(d);
+  if (why.empty()) why = image_refusal(reinterpret_cast<const void*>(forward_kernel<__half, 64, true>), d);
+  if (why.empty()) why = geometry_refusal(g);
+  const int esz = dtype == DType::kFloat32 ? 4 : 2;
+  for (const bool staged : {false, true}) {
+    if (why.empty()) why = forward_plan_refusal(pick_out_plan(g, esz, pick_block_n(g.C_out), forward_use(staged), d), d);
+  }
+  return why;
+}
 
 cudaError_t forward(const Geometry& g, DType dtype, const void* x, Strides4 x_strides, const void* pw,
                     const void* dw, const void* bias, const void* mid_bias, void* y, Strides4 y_strides,

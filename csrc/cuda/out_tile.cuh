@@ -6,9 +6,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <map>
+#include <mutex>
 
 #include "common.cuh"
+#include "device.cuh"
 
 namespace bsconv_fused {
 namespace cuda {
@@ -30,14 +34,27 @@ struct OutTilePlan {
   bool gemm;
 };
 
+// Halo pixels beyond which a plan cannot fit any device's shared memory (the pixel table alone takes 8 bytes each);
+// checked in 64-bit before anything is narrowed to int, so absurd dilation / padding cannot wrap around.
+constexpr int64_t kMaxHaloPixels = int64_t(1) << 20;
+
+// A plan whose smem is kNoFit does not fit (see pick_out_plan).
+constexpr int kNoFit = 0x7fffffff;
+
 inline OutTilePlan make_out_plan(const Geometry& g, int esz, int BN, OutTileUse use, int TOH, int TOW) {
   OutTilePlan p{};
   p.BN = BN;
   p.TOH = TOH;
   p.TOW = TOW;
   p.TOPIX = TOH * TOW;
-  p.IH = (TOH - 1) * g.stride_h + (g.kh - 1) * g.dil_h + 1;
-  p.IW = (TOW - 1) * g.stride_w + (g.kw - 1) * g.dil_w + 1;
+  const int64_t IH = int64_t(TOH - 1) * g.stride_h + int64_t(g.kh - 1) * g.dil_h + 1;
+  const int64_t IW = int64_t(TOW - 1) * g.stride_w + int64_t(g.kw - 1) * g.dil_w + 1;
+  if (IH * IW > kMaxHaloPixels) {
+    p.smem = kNoFit;
+    return p;
+  }
+  p.IH = static_cast<int>(IH);
+  p.IW = static_cast<int>(IW);
   p.P = p.IH * p.IW;
   p.P_pad = static_cast<int>(align_up(p.P, 16));
   p.LDT = p.P_pad + 4;  // a multiple of 4 (WMMA store) that shifts consecutive channel rows across banks
@@ -72,29 +89,9 @@ inline OutTilePlan make_out_plan(const Geometry& g, int esz, int BN, OutTileUse 
   return p;
 }
 
-inline int device_smem_optin() {
-  int dev = 0, bytes = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 48 * 1024;
-  if (cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return 48 * 1024;
-  return bytes;
-}
-
-inline int device_smem_per_sm() {
-  int dev = 0, bytes = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 100 * 1024;
-  if (cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess) return 100 * 1024;
-  return bytes;
-}
-
-inline int device_sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) return 132;
-  return n;
-}
-
-inline OutTilePlan pick_out_plan_within(const Geometry& g, int esz, int BN, OutTileUse use, int smem_limit) {
-  const int64_t slots = int64_t(device_sm_count()) * 2;
+inline OutTilePlan pick_out_plan_within(const Geometry& g, int esz, int BN, OutTileUse use, int smem_limit,
+                                        const DeviceLimits& d) {
+  const int64_t slots = std::max<int64_t>(1, int64_t(d.sm_count) * 2);  // >= 1 even for an unqueryable device
   const int cand_h[] = {1, 2, 4, 8, 16, 32};
   const int cand_w[] = {1, 2, 4, 8, 16, 32, 64};
   OutTilePlan best{};
@@ -131,11 +128,34 @@ inline OutTilePlan pick_out_plan_within(const Geometry& g, int esz, int BN, OutT
 // GEMM rows (halo pixels plus a fixed overhead). Halo recompute favours big tiles, small maps and N=1 favour more
 // blocks. Tiles that let two blocks share an SM are preferred; a larger one is taken only when nothing else fits.
 // Returns a plan with smem = 0 if nothing fits in shared memory at all (absurd dilations).
-inline OutTilePlan pick_out_plan(const Geometry& g, int esz, int BN, OutTileUse use) {
-  const int two_per_sm = std::min(device_smem_optin(), device_smem_per_sm() / 2 - 1024);
-  const OutTilePlan two = pick_out_plan_within(g, esz, BN, use, two_per_sm);
-  return two.smem != 0 ? two : pick_out_plan_within(g, esz, BN, use, device_smem_optin());
+inline OutTilePlan pick_out_plan_uncached(const Geometry& g, int esz, int BN, OutTileUse use, const DeviceLimits& d) {
+  const int two_per_sm = std::min(d.smem_optin, d.smem_per_sm / 2 - 1024);
+  const OutTilePlan two = pick_out_plan_within(g, esz, BN, use, two_per_sm, d);
+  return two.smem != 0 ? two : pick_out_plan_within(g, esz, BN, use, d.smem_optin, d);
 }
+
+// Plans are cached per (geometry, element size, channel block, use, device): picking one evaluates ~50 candidate
+// tiles, and a training step asks for the same few layers over and over (forward, workspace size, backward).
+inline OutTilePlan pick_out_plan(const Geometry& g, int esz, int BN, OutTileUse use, const DeviceLimits& d) {
+  using Key = std::array<int64_t, 19>;
+  static std::mutex mu;
+  static std::map<Key, OutTilePlan> cache;
+  const Key key{g.N,        g.C_in,     g.C_out,  g.H,      g.W,     g.Ho, g.Wo, g.kh,          g.kw,   g.stride_h,
+                g.stride_w, g.pad_h,    g.pad_w,  g.dil_h,  g.dil_w, esz,  BN,   int64_t(use), d.index};
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  const OutTilePlan p = pick_out_plan_uncached(g, esz, BN, use, d);
+  std::lock_guard<std::mutex> lock(mu);
+  if (cache.size() >= 4096) cache.clear();  // bounded: a sweep over many shapes must not grow it forever
+  cache.emplace(key, p);
+  return p;
+}
+
+// Grid size of an output-tile plan; the launchers refuse more than 2^31 - 1 blocks.
+inline int64_t out_plan_blocks(const OutTilePlan& p) { return p.n_spatial * p.n_cob; }
 
 // Per-block view of the plan's shared memory.
 struct OutTileSmem {
@@ -203,6 +223,9 @@ __device__ void out_tile_prologue(const OutTilePlan& p, const Geometry& g, const
   }
 }
 
+// Pixels per warp and batch of the channels_last x staging: kStageBatch loads in flight per thread.
+constexpr int kStageBatch = 8;
+
 // t_s[o][q] = sum_i pw[o0+o, i] * x[n, i, halo q] (+ mid_bias[o0+o] where q is inside the image). Needs sm.pix.
 // Ends with a __syncthreads(), so t_s is ready for every thread.
 template <typename T, int BN, bool TC>
@@ -235,27 +258,47 @@ __device__ void out_tile_intermediate(const OutTilePlan& p, const Geometry& g, c
     BlockMma<T, BN, false, false, TC> mma;
     for (int64_t k0 = 0; k0 < g.C_in; k0 += kKC) {
       __syncthreads();  // the previous chunk's readers are done with x_s / w_s
+      // Loads first, stores after: every load of a batch is in flight at once (a load -> store chain per element
+      // would leave one load per warp in flight; static review P1). Out-of-range elements load nothing and stage 0.
       if (x_cl) {
-        for (int mm = warp; mm < mc; mm += kWarps) {
-          const int q = m0 + mm;
-          const int64_t off = q < p.P ? sm.pix[q] : int64_t(-1);
-          const int64_t ci = k0 + lane;  // kKC == 32 == warp size
-          T v = from_f<T>(0.0f);
-          if (off >= 0 && ci < g.C_in) v = x[off + ci * xs.c];
-          xsm[lane * p.LDX + mm] = v;
+        const int64_t ci = k0 + lane;  // kKC == 32 == warp size
+        const bool ci_ok = ci < g.C_in;
+        for (int mb = 0; mb < mc; mb += kWarps * kStageBatch) {
+          T v[kStageBatch];
+#pragma unroll
+          for (int j = 0; j < kStageBatch; ++j) {
+            const int mm = mb + warp + kWarps * j;
+            const int q = m0 + mm;
+            const int64_t off = (mm < mc && q < p.P && ci_ok) ? sm.pix[q] : int64_t(-1);
+            v[j] = off >= 0 ? x[off + ci * xs.c] : from_f<T>(0.0f);
+          }
+#pragma unroll
+          for (int j = 0; j < kStageBatch; ++j) {
+            const int mm = mb + warp + kWarps * j;
+            if (mm < mc) xsm[lane * p.LDX + mm] = v[j];
+          }
         }
       } else {
-        for (int kk = warp; kk < kKC; kk += kWarps) {
+        // A warp covers pass_rows(BN) / 32 pixel groups of 32 for each of its kKC / kWarps channels.
+        constexpr int kRowIters = pass_rows(BN) / 32;
+        constexpr int kChanIters = kKC / kWarps;
+#pragma unroll
+        for (int i = 0; i < kChanIters; ++i) {
+          const int kk = warp + kWarps * i;
           const int64_t ci = k0 + kk;
           const int64_t coff = ci * xs.c;
-          for (int mm = lane; mm < mc; mm += 32) {
+          T v[kRowIters];
+#pragma unroll
+          for (int j = 0; j < kRowIters; ++j) {
+            const int mm = lane + 32 * j;
             const int q = m0 + mm;
-            T v = from_f<T>(0.0f);
-            if (ci < g.C_in && q < p.P) {
-              const int64_t off = sm.pix[q];
-              if (off >= 0) v = x[off + coff];
-            }
-            xsm[kk * p.LDX + mm] = v;
+            const int64_t off = (mm < mc && q < p.P && ci < g.C_in) ? sm.pix[q] : int64_t(-1);
+            v[j] = off >= 0 ? x[off + coff] : from_f<T>(0.0f);
+          }
+#pragma unroll
+          for (int j = 0; j < kRowIters; ++j) {
+            const int mm = lane + 32 * j;
+            if (mm < mc) xsm[kk * p.LDX + mm] = v[j];
           }
         }
       }

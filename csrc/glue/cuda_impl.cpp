@@ -4,20 +4,21 @@
 // and workspace through torch's caching allocator, and casts the kernels' fp32 weight gradients to the weight dtype.
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/conv2d.h>
-#include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <tuple>
 
 #include "cuda/bsconv_cuda.h"
 #include "glue/checks.h"
+#include "glue/cuda_refusal.h"
 
 namespace bsconv_fused {
 namespace {
@@ -37,17 +38,34 @@ cuda::Strides4 cuda_strides(const at::Tensor& t) {
   return {s.n, s.c, s.h, s.w};
 }
 
+bool cuda_dtype_supported(at::ScalarType st) { return st == at::kFloat || st == at::kHalf || st == at::kBFloat16; }
+
+// The kernel geometry is int32 for the per-axis quantities (sizes and offsets are 64-bit): a limit of the kernels,
+// reported as a refusal, not as bad input. Empty when the shape fits.
+std::string int32_refusal(const glue::ConvShape& s) {
+  constexpr int64_t kIntMax = 2147483647;
+  if (s.kh > kIntMax || s.kw > kIntMax || s.stride[0] > kIntMax || s.stride[1] > kIntMax ||
+      s.padding[0] > kIntMax || s.padding[1] > kIntMax || s.dilation[0] > kIntMax || s.dilation[1] > kIntMax) {
+    return "kernel size, stride, padding and dilation must fit in int32 for the CUDA kernels";
+  }
+  return {};
+}
+
+// A call the kernels refuse: NotImplementedError in Python, distinct from bad input (ValueError / TypeError) and
+// from CUDA errors (RuntimeError).
+[[noreturn]] void raise_refused(const char* op, const std::string& why) {
+  TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": the CUDA kernels cannot run this call: ",
+                              why.empty() ? std::string("(no reason reported)") : why,
+                              ". bsconv_fused::cuda_refusal reports this before a call; backend='auto' runs such "
+                              "calls on another backend");
+}
+
 void check_cuda_args(const char* op, const at::Tensor& x, const glue::ConvShape& s) {
   const auto st = x.scalar_type();
-  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kHalf || st == at::kBFloat16, op,
-                   ": the CUDA kernels support float32, float16 and bfloat16, got ", st,
-                   " (float64 runs on backend 'torch')");
-  // The kernel geometry is int32 for the small per-axis quantities; the sizes and offsets are 64-bit.
-  constexpr int64_t kIntMax = 2147483647;
-  TORCH_CHECK_VALUE(s.kh <= kIntMax && s.kw <= kIntMax && s.stride[0] <= kIntMax && s.stride[1] <= kIntMax &&
-                        s.padding[0] <= kIntMax && s.padding[1] <= kIntMax && s.dilation[0] <= kIntMax &&
-                        s.dilation[1] <= kIntMax,
-                    op, ": kernel size, stride, padding and dilation must fit in int32");
+  TORCH_CHECK_TYPE(cuda_dtype_supported(st), op, ": the CUDA kernels support float32, float16 and bfloat16, got ",
+                   st, " (float64 runs on backend 'torch')");
+  const std::string why = int32_refusal(s);
+  if (!why.empty()) raise_refused(op, why);
 }
 
 cuda::DType cuda_dtype(at::ScalarType st) {
@@ -72,51 +90,6 @@ bool deterministic_requested() {
   return env != nullptr && std::strcmp(env, "1") == 0;
 }
 
-// The kernels return cudaErrorInvalidConfiguration when a (dilated) kernel's halo does not fit in shared memory even
-// for a 1x1 output tile (csrc/cuda/README.md). Such calls run the two-layer ATen path instead, with a warning.
-constexpr const char* kFallbackWarning =
-    "bsconv_fused: the CUDA kernels cannot tile this kernel size / dilation in shared memory; this call ran the "
-    "two-layer ATen path (pointwise conv + depthwise conv) instead";
-
-at::Tensor pw_as_conv_weight(const at::Tensor& pw) { return pw.reshape({pw.size(0), pw.size(1), 1, 1}); }
-
-at::Tensor reference_forward(const at::Tensor& x, const at::Tensor& pw, const at::Tensor& dw,
-                             const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mid_bias,
-                             const glue::ConvShape& s) {
-  // mid_bias as the pointwise conv's bias lands on in-image positions only, as in the fused kernels.
-  const at::Tensor t = at::conv2d(x, pw_as_conv_weight(pw), mid_bias);
-  const at::Tensor y = at::conv2d(t, dw, bias, {s.stride[0], s.stride[1]}, {s.padding[0], s.padding[1]},
-                                  {s.dilation[0], s.dilation[1]}, s.C_out);
-  return y.contiguous(glue::output_memory_format(x));
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> reference_backward(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& pw, const at::Tensor& dw,
-    const std::optional<at::Tensor>& mid_bias, const glue::ConvShape& s, const bool need[5]) {
-  const at::Tensor pw4 = pw_as_conv_weight(pw);
-  const at::Tensor t = at::conv2d(x, pw4, mid_bias);
-  const bool need_dt = need[0] || need[1] || need[4];
-  const std::vector<int64_t> bias_sizes{s.C_out};
-  auto dw_grads = at::convolution_backward(
-      grad_y, t, dw, need[3] ? at::OptionalIntArrayRef(bias_sizes) : at::OptionalIntArrayRef(std::nullopt),
-      {s.stride[0], s.stride[1]}, {s.padding[0], s.padding[1]}, {s.dilation[0], s.dilation[1]}, false, {0, 0},
-      s.C_out, {need_dt, need[2], need[3]});
-  const at::Tensor& dt = std::get<0>(dw_grads);
-  at::Tensor dx, dpw4;
-  if (need[0] || need[1]) {
-    auto pw_grads = at::convolution_backward(dt, x, pw4, std::nullopt, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, 1,
-                                             {need[0], need[1], false});
-    dx = std::get<0>(pw_grads);
-    dpw4 = std::get<1>(pw_grads);
-  }
-  auto empty_grad = [&] { return at::empty({0}, x.options()); };
-  return {need[0] ? dx.contiguous(glue::output_memory_format(x)) : empty_grad(),
-          need[1] ? dpw4.reshape(pw.sizes()).contiguous() : empty_grad(),
-          need[2] ? std::get<1>(dw_grads).contiguous() : empty_grad(),
-          need[3] ? std::get<2>(dw_grads).contiguous() : empty_grad(),
-          need[4] ? dt.sum({0, 2, 3}).to(pw.scalar_type()) : empty_grad()};
-}
-
 at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& pw, const at::Tensor& dw,
                         const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mid_bias,
                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
@@ -130,14 +103,12 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& pw, const at::Ten
   const auto biasc = contiguous_opt(bias), midc = contiguous_opt(mid_bias);
   const bool allow_tf32 = at::globalContext().allowTF32CuDNN();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
-  const cudaError_t err =
-      cuda::forward(cuda_geometry(s), cuda_dtype(x.scalar_type()), x.const_data_ptr(), cuda_strides(x),
-                    pwc.const_data_ptr(), dwc.const_data_ptr(), ptr_or_null(biasc), ptr_or_null(midc),
-                    y.mutable_data_ptr(), cuda_strides(y), allow_tf32, stream);
-  if (err == cudaErrorInvalidConfiguration) {
-    TORCH_WARN_ONCE(kFallbackWarning);
-    return reference_forward(x, pw, dw, bias, mid_bias, s);
-  }
+  const cuda::Geometry g = cuda_geometry(s);
+  const cuda::DType dtype = cuda_dtype(x.scalar_type());
+  const cudaError_t err = cuda::forward(g, dtype, x.const_data_ptr(), cuda_strides(x), pwc.const_data_ptr(),
+                                        dwc.const_data_ptr(), ptr_or_null(biasc), ptr_or_null(midc),
+                                        y.mutable_data_ptr(), cuda_strides(y), allow_tf32, stream);
+  if (err == cuda::kRefused) raise_refused(op, cuda::forward_refusal(g, dtype));
   C10_CUDA_CHECK(err);
   return y;
 }
@@ -184,10 +155,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
                                   f32_ptr(ddw32), f32_ptr(dbias32), f32_ptr(dmid32),
                                   ws_bytes > 0 ? workspace.mutable_data_ptr() : nullptr, ws_bytes, deterministic,
                                   allow_tf32, stream);
-    if (err == cudaErrorInvalidConfiguration) {
-      TORCH_WARN_ONCE(kFallbackWarning);
-      return reference_backward(grad_y, x, pw, dw, mid_bias, s, need);
-    }
+    if (err == cuda::kRefused) raise_refused(op, cuda::backward_refusal(g, dtype));
     C10_CUDA_CHECK(err);
   }
   // Weight gradients are dense and in the weight dtype (the shared contract of every op pair).
@@ -200,6 +168,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
 }
 
 }  // namespace
+
+std::string cuda_refusal(int64_t N, int64_t C_in, int64_t C_out, int64_t H, int64_t W, at::IntArrayRef kernel_size,
+                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                         at::ScalarType dtype, int64_t device) {
+  constexpr const char* op = "bsconv_fused::cuda_refusal";
+  TORCH_CHECK_VALUE(N >= 1 && C_in >= 1 && C_out >= 1 && H >= 1 && W >= 1, op,
+                    ": N, C_in, C_out, H and W must be >= 1, got ", N, ", ", C_in, ", ", C_out, ", ", H, ", ", W);
+  glue::check_pair(op, "kernel_size", kernel_size, 1);
+  glue::check_pair(op, "stride", stride, 1);
+  glue::check_pair(op, "padding", padding, 0);
+  glue::check_pair(op, "dilation", dilation, 1);
+  glue::ConvShape s{};
+  s.N = N, s.C_in = C_in, s.C_out = C_out, s.H = H, s.W = W, s.kh = kernel_size[0], s.kw = kernel_size[1];
+  for (int i = 0; i < 2; ++i) s.stride[i] = stride[i], s.padding[i] = padding[i], s.dilation[i] = dilation[i];
+  // Same rule and arithmetic as glue::check_conv_args (the kernel sizes are >= 1 here, so no overflow below int64).
+  TORCH_CHECK_VALUE(H + 2 * s.padding[0] >= s.dilation[0] * (s.kh - 1) + 1 &&
+                        W + 2 * s.padding[1] >= s.dilation[1] * (s.kw - 1) + 1,
+                    op, ": the output would be empty: input ", H, "x", W, ", kernel ", kernel_size, ", stride ",
+                    stride, ", padding ", padding, ", dilation ", dilation,
+                    "; the padded input must be at least the dilated kernel size");
+  s.Ho = (H + 2 * s.padding[0] - s.dilation[0] * (s.kh - 1) - 1) / s.stride[0] + 1;
+  s.Wo = (W + 2 * s.padding[1] - s.dilation[1] * (s.kw - 1) - 1) / s.stride[1] + 1;
+  if (!cuda_dtype_supported(dtype)) {
+    return std::string("the CUDA kernels support float32, float16 and bfloat16, not ") + c10::toString(dtype);
+  }
+  const int64_t count = c10::cuda::device_count();
+  if (device < 0 || device >= count) {
+    return "no CUDA device cuda:" + std::to_string(device) + " (" + std::to_string(count) + " visible)";
+  }
+  std::string why = int32_refusal(s);
+  if (!why.empty()) return why;
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  const cuda::Geometry g = cuda_geometry(s);
+  why = cuda::forward_refusal(g, cuda_dtype(dtype));
+  if (why.empty()) why = cuda::backward_refusal(g, cuda_dtype(dtype));
+  return why;
+}
+
 }  // namespace bsconv_fused
 
 TORCH_LIBRARY_IMPL(bsconv_fused, CUDA, m) {

@@ -69,7 +69,9 @@ cudaError_t cudaGetDevice(int* d) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
-  if (attr == cudaDevAttrMaxSharedMemoryPerBlockOptin) *v = 232448;
+  if (attr == cudaDevAttrComputeCapabilityMajor) *v = 9;
+  else if (attr == cudaDevAttrComputeCapabilityMinor) *v = 0;
+  else if (attr == cudaDevAttrMaxSharedMemoryPerBlockOptin) *v = 232448;
   else if (attr == cudaDevAttrMaxSharedMemoryPerMultiprocessor) *v = 233472;
   else if (attr == cudaDevAttrMultiProcessorCount) *v = std::getenv("BSCONV_EMU_SMS") ? std::atoi(std::getenv("BSCONV_EMU_SMS")) : 132;
   else *v = 0;
@@ -78,6 +80,11 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
 cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int v) {
   return v <= 232448 ? cudaSuccess : cudaErrorInvalidValue;
 }
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, const void*) {
+  *attr = cudaFuncAttributes{};  // the kernels use dynamic shared memory only
+  return cudaSuccess;
+}
+const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated CUDA error"; }
 cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
   std::memset(p, v, n);
   return cudaSuccess;

@@ -237,7 +237,8 @@ bool run_case(const Case& k, DType dt, bool tf32, bool deterministic, double tol
     ok = false;
   }
   const auto plan = bsconv_fused::cuda::detail::pick_out_plan(g, sizeof(T), bsconv_fused::cuda::detail::pick_block_n(g.C_out),
-                                                              bsconv_fused::cuda::detail::OutTileUse::kForward);
+                                                              bsconv_fused::cuda::detail::OutTileUse::kForward,
+                                                              bsconv_fused::cuda::detail::current_device_limits());
   if (ok)
     std::printf("ok   %s (forward tile %dx%d, halo %d px, BN %d, smem %d)\n", tag.c_str(), plan.TOH, plan.TOW, plan.P,
                 plan.BN, plan.smem);
@@ -258,7 +259,7 @@ void print_plans() {
       g.Ho = g.Wo = (l[2] - 1) / stride + 1;
       using namespace bsconv_fused::cuda::detail;
       const int BN = pick_block_n(g.C_out);
-      const OutTilePlan p = pick_out_plan(g, 2, BN, OutTileUse::kForward);
+      const OutTilePlan p = pick_out_plan(g, 2, BN, OutTileUse::kForward, current_device_limits());
       std::printf("%4d->%4d @%3d s%d: tile %2dx%2d halo %3d px (x%.2f), BN %d, %lld blocks, smem %d\n", l[0], l[1], l[2],
                   stride, p.TOH, p.TOW, p.P, double(p.P) / (p.TOPIX * stride * stride), BN,
                   (long long)(p.n_spatial * p.n_cob), p.smem);
@@ -269,7 +270,8 @@ int main(int argc, char** argv) {
   const std::string filter = argc > 1 ? argv[1] : "";
   if (filter == "plans") {
     print_plans();
-    // A halo that cannot fit in shared memory must be refused before anything is launched (the glue falls back).
+    // A halo that cannot fit in shared memory must be refused before anything is launched (kRefused, with the
+    // reason that bsconv_fused::cuda_refusal reports), and so must spans beyond the 32-bit tap arithmetic.
     Geometry g{};
     g.N = 1; g.C_in = 8; g.C_out = 8; g.H = g.W = 250; g.kh = g.kw = 7; g.stride_h = g.stride_w = 1;
     g.pad_h = g.pad_w = 0; g.dil_h = g.dil_w = 40; g.Ho = g.Wo = 250 - 240;
@@ -279,9 +281,33 @@ int main(int argc, char** argv) {
     float dummy = 0;
     const cudaError_t b = backward(g, DType::kFloat16, nullptr, s, nullptr, s, nullptr, nullptr, nullptr, nullptr, s,
                                    nullptr, &dummy, nullptr, nullptr, nullptr, 0, false, false, nullptr);
-    std::printf("too-large halo: forward -> %d, backward (ddw) -> %d (cudaErrorInvalidConfiguration = %d)\n", int(f),
-                int(b), int(cudaErrorInvalidConfiguration));
-    return (f == cudaErrorInvalidConfiguration && b == cudaErrorInvalidConfiguration) ? 0 : 1;
+    const std::string fr = forward_refusal(g, DType::kFloat16), br = backward_refusal(g, DType::kFloat16);
+    std::printf("too-large halo: forward -> %d, backward (ddw) -> %d (kRefused = %d)\n  forward: %s\n  backward: %s\n",
+                int(f), int(b), int(kRefused), fr.c_str(), br.c_str());
+    bool ok = f == kRefused && b == kRefused && !fr.empty() && !br.empty();
+    // int32 overflow case of the static review (L1): H=W=1, 7x7, dilation 10000, padding 30000 (output 1x1).
+    Geometry h{};
+    h.N = 1; h.C_in = 8; h.C_out = 8; h.H = h.W = 1; h.kh = h.kw = 7; h.stride_h = h.stride_w = 1;
+    h.pad_h = h.pad_w = 30000; h.dil_h = h.dil_w = 10000; h.Ho = h.Wo = 1;
+    const std::string hr = forward_refusal(h, DType::kFloat16);
+    std::printf("dilation 10000, padding 30000: forward -> %d: %s\n",
+                int(forward(h, DType::kFloat16, nullptr, s, nullptr, nullptr, nullptr, nullptr, nullptr, s, false,
+                            nullptr)),
+                hr.c_str());
+    ok = ok && !hr.empty();
+    // Spans beyond 2^30 pixels.
+    h.pad_h = 600000000;
+    h.Ho = 1 + 2 * int64_t(h.pad_h) - 6 * int64_t(h.dil_h);
+    const std::string sr = backward_refusal(h, DType::kFloat32);
+    std::printf("padding 6e8: backward refusal: %s\n", sr.c_str());
+    ok = ok && !sr.empty();
+    // A geometry the kernels run: no reason.
+    Geometry r{};
+    r.N = 2; r.C_in = 64; r.C_out = 128; r.H = r.W = 56; r.kh = r.kw = 3; r.stride_h = r.stride_w = 1;
+    r.pad_h = r.pad_w = 1; r.dil_h = r.dil_w = 1; r.Ho = r.Wo = 56;
+    ok = ok && forward_refusal(r, DType::kBFloat16).empty() && backward_refusal(r, DType::kBFloat16).empty();
+    std::printf("refusals %s\n", ok ? "ok" : "FAIL");
+    return ok ? 0 : 1;
   }
   // name, N, Ci, Co, H, W, kh, kw, sh, sw, ph, pw, dh, dw, bias, mid, x_layout, y_layout
   const Case cases[] = {
