@@ -114,11 +114,28 @@ def _cuda_status() -> Optional[str]:
 def _cuda_call(x: torch.Tensor, g) -> Optional[str]:
     if x.device.type != "cuda":
         return f"the cuda backend runs the CUDA kernels on CUDA tensors, x is on {x.device} (use backend='cpu')"
-    major, minor = torch.cuda.get_device_capability(x.device)
-    if major < 8:
-        return (f"the extension's CUDA kernels need compute capability 8.0 or newer (Ampere), "
-                f"{torch.cuda.get_device_name(x.device)} is {major}.{minor}")
-    return None
+    if g is None:
+        major, minor = torch.cuda.get_device_capability(x.device)
+        if major < 8:
+            return (f"the extension's CUDA kernels need compute capability 8.0 or newer (Ampere), "
+                    f"{torch.cuda.get_device_name(x.device)} is {major}.{minor}")
+        return None
+    # the kernels' own planner answers (device generation, dtype, shared-memory fit, int32 limits): a call they
+    # would refuse is known before launch, and "auto" falls back instead of raising
+    return _cuda_refusal(g.N, g.C_in, g.C_out, g.H, g.W, (g.kh, g.kw), g.stride, g.padding, g.dilation, x.dtype,
+                         x.device.index if x.device.index is not None else torch.cuda.current_device()) or None
+
+
+def _cuda_refusal(N, C_in, C_out, H, W, k, stride, padding, dilation, dtype, device) -> str:
+    op = getattr(torch.ops.bsconv_fused, "cuda_refusal", None)
+    if op is None:
+        return "the compiled extension predates the cuda_refusal query; rebuild it: `" + _ext.rebuild_command() + "`"
+    return op(N, C_in, C_out, H, W, list(k), list(stride), list(padding), list(dilation), dtype, device)
+
+
+if getattr(getattr(torch, "_dynamo", None), "assume_constant_result", None) is not None:
+    # a query that returns a string: evaluated once at trace time under torch.compile
+    _cuda_refusal = torch._dynamo.assume_constant_result(_cuda_refusal)
 
 
 def _cpu_status() -> Optional[str]:
