@@ -53,13 +53,35 @@ class BackendStatus:
 _warned: set = set()
 
 
-def warn_once(reason: str, stacklevel: int = 3) -> None:
-    """Warn once per distinct reason that the two-layer path runs instead of the fused one."""
+def warn_once(reason: str, stacklevel: Optional[int] = None) -> None:
+    """Warn once per distinct reason that the two-layer path runs instead of the fused one, attributed to the
+    user's line (the first frame outside bsconv_fused and torch.nn's module machinery) unless ``stacklevel`` is
+    given."""
     if reason in _warned or torch.compiler.is_compiling():
         return  # inside a traced region a warning would break the graph; the next eager call warns
     _warned.add(reason)
     warnings.warn(f"bsconv_fused: running the two-layer PyTorch path: {reason}", FallbackWarning,
-                  stacklevel=stacklevel)
+                  stacklevel=stacklevel if stacklevel is not None else user_stacklevel())
+
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_NN_DIR = os.path.join(os.path.dirname(os.path.abspath(torch.nn.__file__)), "modules") + os.sep
+
+
+def user_stacklevel() -> int:
+    """The warnings.warn stacklevel, as seen from warn_once's caller's callee, of the first frame that is neither in
+    this package nor in torch.nn.modules (Module.__call__ / _call_impl / Sequential): the user's own line."""
+    import sys
+
+    frame = sys._getframe(2)  # the caller of warn_once; level 2 from warnings.warn's point of view
+    level = 2
+    while frame is not None:
+        fname = os.path.abspath(frame.f_code.co_filename)
+        if not (fname.startswith(_PKG_DIR) or fname.startswith(_NN_DIR)):
+            return level
+        frame = frame.f_back
+        level += 1
+    return 2
 
 
 def interpreting() -> bool:
@@ -179,15 +201,21 @@ def choose(requested: str, x: torch.Tensor, geometry=None) -> str:
     geometry: the call's validated bsconv_fused._shapes.Geometry, for limits that depend on the layer."""
     if requested not in CHOICES:
         raise ValueError(f"backend must be one of {CHOICES}, got {requested!r}")
+    from_env = False
     if requested == "auto":
         env = os.environ.get(ENV_VAR, "").strip()
         if env:
             if env not in CHOICES:
                 raise ValueError(f"environment variable {ENV_VAR} must be one of {CHOICES}, got {env!r}")
-            requested = env
+            requested, from_env = env, env != "auto"
     if requested != "auto":
         why = _why_not(requested, x, geometry)
         if why is not None:
+            if from_env:
+                raise BackendUnavailableError(
+                    f"backend {requested!r}, set by the environment variable {ENV_VAR}={requested}, cannot run this "
+                    f"call: {why}. Unset {ENV_VAR} (or set it to 'auto') to fall back to the two-layer PyTorch path, "
+                    "or see `python -m bsconv_fused` for what is available.")
             raise BackendUnavailableError(
                 f"backend {requested!r} cannot run this call: {why}. Use backend='auto' to fall back to the "
                 f"two-layer PyTorch path, or see `python -m bsconv_fused` for what is available.")
