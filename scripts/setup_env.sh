@@ -76,16 +76,9 @@ pip_step() {
     step "$what: done in $((SECONDS - t0)) s"
 }
 
-torch_flavour_installed() {
-    python - "$1" <<'PY' 2>/dev/null
-import sys
-try:
-    import torch
-except Exception:
-    sys.exit(1)
-want_cuda = sys.argv[1] == "cuda"
-sys.exit(0 if (torch.version.cuda is not None) == want_cuda else 1)
-PY
+# "cpu", "cuda" or "none": the build of torch in the venv now (one import, a few seconds)
+installed_flavour() {
+    python -c "import torch; print('cpu' if torch.version.cuda is None else 'cuda')" 2>/dev/null || echo none
 }
 
 # ---------------------------------------------------------------------------------------------- stamps
@@ -123,11 +116,12 @@ TEST_STAMP=$VENV/.bsconv_fused-test.stamp
 BUILD_STAMP=$VENV/.bsconv_fused-build.stamp
 
 # ---------------------------------------------------------------------------------------------- dependencies
-if [ -f "$CORE_STAMP" ] && [ "$(cat "$CORE_STAMP")" = "$(core_key)" ] && torch_flavour_installed "$FLAVOUR"; then
+HAVE=$(installed_flavour)
+if [ -f "$CORE_STAMP" ] && [ "$(cat "$CORE_STAMP")" = "$(core_key)" ] && [ "$HAVE" = "$FLAVOUR" ]; then
     step "torch and the package's dependencies: unchanged since the last setup"
 else
-    if python -c "import torch" 2>/dev/null && ! torch_flavour_installed "$FLAVOUR"; then
-        step "removing the installed torch: it is not the $FLAVOUR build asked for"
+    if [ "$HAVE" != none ] && [ "$HAVE" != "$FLAVOUR" ]; then
+        step "removing the installed torch: it is the $HAVE build, BSCONV_TORCH asks for $FLAVOUR"
         "${PIP[@]}" uninstall -y torch triton >>"$LOG" 2>&1 || true
         rm -f "$TEST_STAMP"
     fi

@@ -75,10 +75,25 @@ def test_partial_gradients(requires, triton_device):
     check(Case(requires=requires), fused, triton_device)
 
 
+def _available_ram() -> int:
+    """Bytes the kernel reports as available (MemAvailable), or 0 where it cannot be read (the test then skips)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def test_64bit_offsets(triton_device):
     # the second image starts 2**31 elements into the storage: any 32-bit offset arithmetic lands elsewhere
     if triton_device == "cuda" and torch.cuda.get_device_properties(0).total_memory < 12 * 2**30:
         pytest.skip("needs a 4 GiB buffer")
+    if triton_device == "cpu" and _available_ram() < 12 * 2**30:
+        # the interpreter holds the 4 GiB buffer and copies of it: the suite's peak (9.3 GB measured) comes from here
+        pytest.skip(f"needs 12 GiB of available RAM for a 4 GiB buffer, {_available_ram() / 2**30:.1f} GiB available")
     C_in, C_out, H, W = 4, 16, 3, 5
     off = 2**31
     store = torch.zeros(off + C_in * H * W, dtype=torch.float16, device=triton_device)
