@@ -76,9 +76,18 @@ pip_step() {
     step "$what: done in $((SECONDS - t0)) s"
 }
 
-# "cpu", "cuda" or "none": the build of torch in the venv now (one import, a few seconds)
+# "cpu", "cuda" or "none": the build of torch in the venv now, found without importing it (an import of torch takes
+# seconds, and a no-op setup should take about as long as one)
 installed_flavour() {
-    python -c "import torch; print('cpu' if torch.version.cuda is None else 'cuda')" 2>/dev/null || echo none
+    python - <<'PY'
+import importlib.util, os
+spec = importlib.util.find_spec("torch")
+if spec is None or not spec.submodule_search_locations:
+    print("none")
+else:
+    lib = os.path.join(list(spec.submodule_search_locations)[0], "lib")
+    print("cuda" if any(f.startswith("libtorch_cuda") for f in os.listdir(lib)) else "cpu")
+PY
 }
 
 # ---------------------------------------------------------------------------------------------- stamps
@@ -101,10 +110,10 @@ for d, _, files in sorted(os.walk(os.path.join(root, "csrc"))):
         h.update(p[len(root):].encode()); h.update(open(p, "rb").read())
 for f in ("setup.py", "pyproject.toml"):
     h.update(open(os.path.join(root, f), "rb").read())
+from importlib import metadata
 try:
-    import torch
-    tv = f"{torch.__version__} cuda={torch.version.cuda}"
-except Exception:
+    tv = f"torch {metadata.version('torch')} {os.environ.get('BSCONV_SETUP_HAVE_TORCH', '')}"  # version and build, without the import
+except metadata.PackageNotFoundError:
     tv = "no torch"
 knobs = [f"{k}={os.environ.get(k, '')}" for k in ("BSCONV_FUSED_SKIP_BUILD", "BSCONV_FUSED_CPU_ONLY",
          "BSCONV_FUSED_FORCE_CUDA", "BSCONV_FUSED_FORCE_BUILD", "TORCH_CUDA_ARCH_LIST", "CUDA_HOME", "CXX")]
@@ -146,8 +155,12 @@ fi
 
 # ---------------------------------------------------------------------------------------------- the build
 export BSCONV_ROOT=$ROOT
-if [ -f "$BUILD_STAMP" ] && [ "$(cat "$BUILD_STAMP")" = "$(build_key)" ] \
-        && python -c "import bsconv_fused" 2>/dev/null; then
+export BSCONV_SETUP_HAVE_TORCH=$(installed_flavour)
+installed_here() {  # the editable install of this checkout is what `import bsconv_fused` finds
+    python -c "import importlib.util, os, sys; s = importlib.util.find_spec('bsconv_fused'); \
+sys.exit(0 if s and os.path.dirname(os.path.dirname(s.origin)) == sys.argv[1] else 1)" "$ROOT" 2>/dev/null
+}
+if [ -f "$BUILD_STAMP" ] && [ "$(cat "$BUILD_STAMP")" = "$(build_key)" ] && installed_here; then
     step "bsconv_fused: sources, torch and build knobs unchanged since the last build (stamp $BUILD_STAMP)"
 else
     if flag "${BSCONV_FUSED_SKIP_BUILD:-}"; then
