@@ -230,7 +230,8 @@ def _extensions():
             extra_link_args=link_flags,
         )
         _log(f"building the CPU-only extension ({why_no_cuda})")
-    return [ext], {"build_ext": _guarded_build_ext(cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False))}
+    build_ext = cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)
+    return [ext], {"build_ext": _guarded_build_ext(build_ext)}
 
 
 ext_modules, cmdclass = _extensions()

@@ -172,7 +172,8 @@ def write_plots(out_dir: Path, rows: Sequence[Row], title: str) -> Tuple[List[Pa
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return [], "plots skipped: matplotlib is not installed (scripts/setup_env.sh installs it; pip install matplotlib)"
+        return [], ("plots skipped: matplotlib is not installed (scripts/setup_env.sh installs it; "
+                    "pip install matplotlib)")
     by: Dict[Tuple[str, str], List[dict]] = {}
     for d in summary(rows):
         if d["speedup"] is not None:
