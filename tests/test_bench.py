@@ -398,7 +398,10 @@ def test_verdict_is_one_line_per_direction_with_geometric_mean_and_noisy_share()
     assert fwd.startswith("VERDICT cpu (test) forward: fused 1.00x, on par with the best baseline")
     assert "geometric mean over 2 cases, range 0.50x-2.00x; 1 of 2 noisy" in fwd
     assert "1 more cases without a correct fused result" in fwd
-    assert bwd.startswith("VERDICT cpu (test) backward: fused 3.00x, faster than")
+    assert bwd.startswith("VERDICT cpu (test) backward: fused 3.00x, faster than") and "rerun" not in fwd + bwd
+    noisy_rows = pair("a", "forward", 10.0, 20.0, noisy=True)
+    assert report.verdict(noisy_rows, "cpu")[0].endswith("most cases are noisy: rerun on an idle machine before "
+                                                          "quoting this")
 
 
 def test_dropped_contenders_are_listed_with_a_reason():

@@ -109,6 +109,8 @@ def verdict(rows: Sequence[Row], device: str) -> List[str]:
                 f"{len(sp)} cases, range {min(sp):.2f}x-{max(sp):.2f}x; {n_noisy} of {len(sp)} noisy)")
         if missing.get(direction):
             line += f"; {missing[direction]} more cases without a correct fused result"
+        if 2 * n_noisy > len(sp):
+            line += "; most cases are noisy: rerun on an idle machine before quoting this"
         lines.append(line)
     return lines
 
