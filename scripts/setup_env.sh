@@ -27,16 +27,6 @@ SETUP_T0=$SECONDS
 step() { echo "== [setup $((SECONDS - SETUP_T0))s] $*"; }
 flag() { case "${1:-}" in 1|true|yes|on) return 0;; *) return 1;; esac; }
 
-if [ ! -x "$VENV/bin/python" ]; then
-    step "creating virtual environment $VENV"
-    "${PYTHON:-python3}" -m venv "$VENV"
-fi
-# shellcheck disable=SC1091
-. "$VENV/bin/activate"
-LOG=${BSCONV_SETUP_LOG:-$VENV/setup.log}
-: >"$LOG"
-PIP=(python -m pip --disable-pip-version-check)
-
 # ---------------------------------------------------------------------------------------------- torch flavour
 FLAVOUR=${BSCONV_TORCH:-auto}
 case "$FLAVOUR" in
@@ -57,6 +47,16 @@ fi
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
     export CUDA_HOME=/usr/local/cuda
 fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    step "creating virtual environment $VENV"
+    "${PYTHON:-python3}" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+LOG=${BSCONV_SETUP_LOG:-$VENV/setup.log}
+: >"$LOG"
+PIP=(python -m pip --disable-pip-version-check)
 
 # The pip output streams to the terminal one line per package (no -q silence); compiler noise goes to the log.
 pip_step() {

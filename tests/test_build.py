@@ -185,3 +185,16 @@ def test_failing_compile_is_an_error_when_forced(tmp_path):
                             env=dict(os.environ, BSCONV_FUSED_FORCE_BUILD="1", CXX=str(fake),
                                      BSCONV_FUSED_CPU_ONLY="1", MAX_JOBS="1"))
     assert forced.returncode != 0 and not list((tmp_path / "dist").glob("*.whl"))
+
+
+def test_setup_scripts_parse_and_reject_a_bad_torch_flavour(tmp_path):
+    """The shell scripts are valid bash, and a wrong BSCONV_TORCH fails at once with the rule, before any venv or
+    download (the install itself is exercised by scripts/test.sh in CI)."""
+    for script in ("setup_env.sh", "test.sh", "main.sh"):
+        proc = subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    venv = tmp_path / "venv"
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "setup_env.sh")], capture_output=True, text=True,
+                          env=dict(os.environ, BSCONV_TORCH="gpu", BSCONV_VENV=str(venv)), timeout=60)
+    assert proc.returncode == 2 and "BSCONV_TORCH must be cpu, cuda or auto, got 'gpu'" in proc.stderr
+    assert not venv.exists()
