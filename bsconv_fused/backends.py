@@ -69,8 +69,8 @@ _NN_DIR = os.path.join(os.path.dirname(os.path.abspath(torch.nn.__file__)), "mod
 
 
 def user_stacklevel() -> int:
-    """The warnings.warn stacklevel, as seen from warn_once's caller's callee, of the first frame that is neither in
-    this package nor in torch.nn.modules (Module.__call__ / _call_impl / Sequential): the user's own line."""
+    """The stacklevel for warn_once's warnings.warn call that names the first frame outside this package and
+    torch.nn.modules (Module.__call__ / _call_impl / Sequential): the user's own line."""
     import sys
 
     frame = sys._getframe(2)  # the caller of warn_once; level 2 from warnings.warn's point of view
