@@ -4,13 +4,19 @@ What gets built (metadata lives in pyproject.toml):
 - CUDAExtension (CUDA + CPU kernels) when the importable torch has CUDA and nvcc is found,
 - CppExtension (CPU kernels only) when torch has no CUDA, nvcc is missing, or BSCONV_FUSED_CPU_ONLY=1,
 - nothing (pure Python: Triton + reference) when BSCONV_FUSED_SKIP_BUILD=1 or torch is not importable at build
-  time (an isolated pip build: use `pip install --no-build-isolation ...`).
+  time (an isolated pip build: use `pip install --no-build-isolation ...`),
+- nothing either, with one message naming what is missing, when no C++ compiler is found or the compile fails:
+  the install then completes as the pure-Python package (unless BSCONV_FUSED_FORCE_BUILD / _FORCE_CUDA ask for a
+  failure). The message is also written to bsconv_fused/_build_failed.txt, which `bsconv_fused.available_backends()`
+  reports, because pip shows a successful build's output only with -v.
 
 Knobs (environment variables):
   BSCONV_FUSED_SKIP_BUILD=1   pure-Python install, no compiler needed
   BSCONV_FUSED_CPU_ONLY=1     build the CPU kernels only, even when CUDA is available
-  BSCONV_FUSED_FORCE_BUILD=1  fail instead of installing pure Python when torch is not importable
-  BSCONV_FUSED_FORCE_CUDA=1   fail instead of falling back to a CPU-only build when CUDA cannot be built
+  BSCONV_FUSED_FORCE_BUILD=1  fail instead of installing pure Python when torch is not importable, no compiler is
+                              found or the compile fails
+  BSCONV_FUSED_FORCE_CUDA=1   fail instead of falling back to a CPU-only build when CUDA cannot be built (and
+                              instead of a pure-Python install when the build fails)
   TORCH_CUDA_ARCH_LIST        e.g. "8.0;9.0" (default: the visible GPUs, else a list that suits the nvcc found);
                               entries below 8.0 (the kernels need sm_80) and entries this nvcc cannot compile are
                               dropped with a message
@@ -147,6 +153,58 @@ def _resolve_arch_list(torch, cuda_home: str) -> str:
     return ";".join(default)
 
 
+BUILD_FAILED_NOTE = "_build_failed.txt"  # beside _C in the package; bsconv_fused._ext reports its text
+
+
+def _compiler_missing() -> str | None:
+    """What is missing to compile C++ here, or None. Checked up front so a machine without a compiler gets one
+    sentence instead of a ninja traceback."""
+    cxx = (os.environ.get("CXX") or "c++").split()[0]
+    if shutil.which(cxx) is None and (cxx != "c++" or shutil.which("g++") is None):
+        return (f"no C++ compiler found (`{cxx}` is not on PATH; install g++ or clang, e.g. `apt-get install g++`, "
+                "or set CXX)")
+    return None
+
+
+def _must_build() -> bool:
+    return _flag("BSCONV_FUSED_FORCE_BUILD") or _flag("BSCONV_FUSED_FORCE_CUDA")
+
+
+def _pure_python_message(what: str) -> str:
+    return (f"the compiled extension bsconv_fused._C was not built: {what}. Installed the pure-Python package "
+            "(Triton + reference backends); the CPU kernels need the extension. Fix the cause, then rebuild with "
+            "`pip install --no-build-isolation -e .` (BSCONV_FUSED_FORCE_BUILD=1 makes this an error).")
+
+
+def _guarded_build_ext(base):
+    """build_ext that installs pure Python with one clear message when the compile fails, unless a FORCE flag asks
+    for the failure (CI)."""
+
+    class GuardedBuildExt(base):
+        def _note_path(self) -> str:
+            return os.path.join(os.path.dirname(self.get_ext_fullpath("bsconv_fused._C")), BUILD_FAILED_NOTE)
+
+        def run(self):
+            note = self._note_path()
+            try:
+                super().run()
+            except (Exception, SystemExit) as e:  # CompileError, ninja's RuntimeError, a failed link, ...
+                if _must_build():
+                    raise
+                detail = " ".join(str(e).split())[-300:] or type(e).__name__
+                msg = _pure_python_message(f"the build failed ({type(e).__name__}: {detail}); the full compiler "
+                                           "output is above in `pip install -v` / scripts/setup_env.sh's log")
+                _log(msg)
+                os.makedirs(os.path.dirname(note), exist_ok=True)
+                with open(note, "w") as f:
+                    f.write(msg + "\n")
+                return
+            if os.path.exists(note):
+                os.remove(note)
+
+    return GuardedBuildExt
+
+
 def _sources(*patterns: str) -> list[str]:
     out: list[str] = []
     for pattern in patterns:
@@ -156,6 +214,9 @@ def _sources(*patterns: str) -> list[str]:
 
 def _extensions():
     """(ext_modules, cmdclass) for this environment; ([], {}) for a pure-Python install."""
+    stale = os.path.join(ROOT, "bsconv_fused", BUILD_FAILED_NOTE)
+    if os.path.exists(stale):  # from an earlier failed build: this one decides afresh
+        os.remove(stale)
     if _flag("BSCONV_FUSED_SKIP_BUILD"):
         _log("BSCONV_FUSED_SKIP_BUILD=1: pure-Python install (Triton + reference backends)")
         return [], {}
@@ -185,6 +246,16 @@ def _extensions():
             cuda_home = None
     if why_no_cuda and _flag("BSCONV_FUSED_FORCE_CUDA"):
         raise RuntimeError(f"BSCONV_FUSED_FORCE_CUDA=1 but the CUDA extension cannot be built: {why_no_cuda}")
+
+    missing = _compiler_missing()
+    if missing:
+        if _must_build():
+            raise RuntimeError(f"BSCONV_FUSED_FORCE_BUILD/FORCE_CUDA set but {missing}")
+        msg = _pure_python_message(missing)
+        _log(msg)
+        with open(os.path.join(ROOT, "bsconv_fused", BUILD_FAILED_NOTE), "w") as f:
+            f.write(msg + "\n")
+        return [], {}
 
     if cuda_home is not None:
         # Must be set before torch.utils.cpp_extension is imported: it resolves CUDA_HOME at import time.
@@ -233,7 +304,8 @@ def _extensions():
             extra_link_args=link_flags,
         )
         _log(f"building the CPU-only extension ({why_no_cuda})")
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)}
+    build_ext = cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)
+    return [ext], {"build_ext": _guarded_build_ext(build_ext)}
 
 
 ext_modules, cmdclass = _extensions()

@@ -33,6 +33,10 @@ def _explain(exc: BaseException) -> str:
     msg = str(exc)
     fix = f"rebuild it with `{rebuild_command()}`"
     if isinstance(exc, ModuleNotFoundError) and getattr(exc, "name", None) == "bsconv_fused._C":
+        note = os.path.join(_PKG_DIR, "_build_failed.txt")  # written by setup.py when it could not compile
+        if os.path.exists(note):
+            with open(note) as f:
+                return f.read().strip()
         return ("the compiled extension bsconv_fused._C is not built (installed with BSCONV_FUSED_SKIP_BUILD=1, "
                 f"without a compiler, or without torch importable at build time); build it with `{rebuild_command()}`")
     if "undefined symbol" in msg or "version `" in msg:

@@ -43,6 +43,40 @@ class BackendStatus:
         return self.available
 
 
+_warned: set = set()
+
+
+def warn_once(reason: str, stacklevel: Optional[int] = None) -> None:
+    """Warn once per distinct reason that the two-layer path runs instead of the fused one, attributed to the
+    user's line (the first frame outside bsconv_fused and torch.nn's module machinery) unless ``stacklevel`` is
+    given."""
+    if reason in _warned or torch.compiler.is_compiling():
+        return  # inside a traced region a warning would break the graph; the next eager call warns
+    _warned.add(reason)
+    warnings.warn(f"bsconv_fused: running the two-layer PyTorch path: {reason}", FallbackWarning,
+                  stacklevel=stacklevel if stacklevel is not None else user_stacklevel())
+
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_NN_DIR = os.path.join(os.path.dirname(os.path.abspath(torch.nn.__file__)), "modules") + os.sep
+
+
+def user_stacklevel() -> int:
+    """The stacklevel for warn_once's warnings.warn call that names the first frame outside this package and
+    torch.nn.modules (Module.__call__ / _call_impl / Sequential): the user's own line."""
+    import sys
+
+    frame = sys._getframe(2)  # the caller of warn_once; level 2 from warnings.warn's point of view
+    level = 2
+    while frame is not None:
+        fname = os.path.abspath(frame.f_code.co_filename)
+        if not (fname.startswith(_PKG_DIR) or fname.startswith(_NN_DIR)):
+            return level
+        frame = frame.f_back
+        level += 1
+    return 2
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -244,22 +278,11 @@ if _assume_constant is not None:
     _num_threads = _assume_constant(_num_threads)
 
 
-_warned: set = set()
-
-
-def warn_once(reason: str, stacklevel: int = 3) -> None:
-    """Warn once per distinct reason that the two-layer path runs instead of the fused one."""
-    if reason in _warned or torch.compiler.is_compiling():
-        return  # inside a traced region a warning would break the graph; the next eager call warns
-    _warned.add(reason)
-    warnings.warn(f"bsconv_fused: running the two-layer PyTorch path: {reason}", FallbackWarning,
-                  stacklevel=stacklevel)
-
-
 def _requested(requested: str) -> Tuple[str, str]:
     """(backend name, where it came from) after applying BSCONV_FUSED_BACKEND to "auto"."""
     if requested not in CHOICES:
         raise ValueError(f"backend must be one of {CHOICES}, got {requested!r}")
+    from_env = False
     if requested == "auto":
         env = os.environ.get(ENV_VAR, "").strip()
         if env:
@@ -311,7 +334,7 @@ def explain(requested: str, x: torch.Tensor, geometry=None, training: Optional[b
     return Choice("torch", "; ".join(reasons + loses), fallback=preferred_missing)
 
 
-def choose(requested: str, x: torch.Tensor, geometry=None, stacklevel: int = 4) -> str:
+def choose(requested: str, x: torch.Tensor, geometry=None, stacklevel: Optional[int] = None) -> str:
     """Resolve ``requested`` ("auto" or a backend name) to the backend that runs this call.
 
     geometry: the call's validated bsconv_fused._shapes.Geometry, for limits that depend on the layer. Warns once

@@ -202,6 +202,12 @@ class _BSConvBase(nn.Sequential):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Checked here so the error names the module's argument (in_channels), not the functional's pw_weight.
+        in_channels = getattr(self, self._pointwise_names[0]).in_channels
+        if isinstance(x, torch.Tensor) and x.dim() in (3, 4) and x.shape[-3] != in_channels:
+            raise ValueError(f"{type(self).__name__}(in_channels={in_channels}) got an input with {x.shape[-3]} "
+                             f"channels (shape {tuple(x.shape)}): the input's channel dimension must equal "
+                             "in_channels")
         reason = self.fused_path_reason()
         if reason is not None:
             # backend="torch" asks for the plain layers anyway: nothing is lost, so nothing to warn about.

@@ -4,6 +4,7 @@
 # Without a GPU the Triton kernels run in the interpreter and the GPU-only tests skip. Extra args go to pytest.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export BSCONV_SETUP_TESTS=1
 # shellcheck source=setup_env.sh
 . "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"

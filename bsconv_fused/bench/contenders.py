@@ -12,7 +12,7 @@ overhead is part of what is measured.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,27 @@ def _dense(case: LayerCase, training: bool) -> LayerFn:
         return F.conv2d(x, cache[key], bias, s, p)
 
     return fn
+
+
+def dropped(device: torch.device, *, quick: bool, compile_baselines: bool = True,
+            max_autotune: bool = True) -> List[Tuple[str, str]]:
+    """The baselines left out of this run, each with the reason, so a report says what it did not compare against.
+    (Fused contenders that cannot run stay in the table as 'unavailable' with their reason.)"""
+    out = []
+    for name in ("compile", "compile-max-autotune"):
+        if device.type != "cuda":
+            why = ("the torch.compile baselines are GPU-only in this suite: on the CPU it compares the extension's "
+                   "kernels with the eager two-layer path (oneDNN) and the dense conv")
+        elif not compile_baselines:
+            why = "--no-compile"
+        elif name == "compile-max-autotune" and not max_autotune:
+            why = "--no-max-autotune"
+        elif name == "compile-max-autotune" and quick:
+            why = "--quick (max-autotune tunes for minutes per shape)"
+        else:
+            continue
+        out.append((name, why))
+    return out
 
 
 def contenders(device: torch.device, *, quick: bool, include: Optional[Sequence[str]] = None,

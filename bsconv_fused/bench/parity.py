@@ -142,3 +142,14 @@ def format_line(backend: str, device: str, dtype: str, rs: Sequence[ParityResult
 
 def passed(results: Sequence[ParityResult]) -> bool:
     return not any(r.status in ("FAIL", "error") for r in results)
+
+
+def write_json(path, machine: dict, results: Sequence[ParityResult]) -> None:
+    """The parity results beside the benchmark's (results.json), with the machine they ran on and the tolerances."""
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    doc = {"machine": machine, "passed": passed(results), "tolerance": TOLERANCE,
+           "cases": [c.label for c in PARITY_CASES], "results": [asdict(r) for r in results]}
+    Path(path).write_text(json.dumps(doc, indent=1, default=str))

@@ -1,5 +1,6 @@
-"""Reports: the terminal table, JSON and CSV with machine info, a markdown summary, and PNG plots (matplotlib is
-optional: without it the plots are skipped with a note)."""
+"""Reports: the terminal table, JSON and CSV with machine info, a markdown summary ending with the verdict (the
+geometric-mean speedup per direction), and PNG plots (matplotlib: installed by scripts/setup_env.sh; without it the
+plots are skipped with a note)."""
 from __future__ import annotations
 
 import csv
@@ -75,15 +76,54 @@ def summary(rows: Sequence[Row]) -> List[dict]:
             fused_bound_us=bound.median_us if bound else None,
             bound_frac=bf.bound_frac if bf else None,
             fused_mem_mb=bf.peak_mem_mb if bf else None, baseline_mem_mb=bb.peak_mem_mb if bb else None,
+            fused_p20=bf.p20_us if bf else None, fused_p80=bf.p80_us if bf else None,
+            baseline_p20=bb.p20_us if bb else None, baseline_p80=bb.p80_us if bb else None,
+            noisy=bool((bf and bf.noisy) or (bb and bb.noisy)),
             wrong=", ".join(wrong),
         ))
     return out
 
 
+def verdict(rows: Sequence[Row], device: str) -> List[str]:
+    """One quotable line per direction: the geometric mean over the cases of (fastest correct baseline / fastest
+    correct fused contender), its range, and how many of those cases rest on a noisy row."""
+    by: Dict[str, List[dict]] = {}
+    missing: Dict[str, int] = {}
+    for d in summary(rows):
+        if d["speedup"] is not None:
+            by.setdefault(d["direction"], []).append(d)
+        elif d["baseline_us"] is not None:
+            missing[d["direction"]] = missing.get(d["direction"], 0) + 1
+    lines = []
+    for direction in sorted(set(by) | set(missing), key=_direction_order):
+        items = by.get(direction, [])
+        if not items:
+            lines.append(f"VERDICT {device} {direction}: no case has a correct fused result to compare "
+                         f"({missing[direction]} cases)")
+            continue
+        sp = [d["speedup"] for d in items]
+        gm = math.exp(sum(math.log(v) for v in sp) / len(sp))
+        word = "faster than" if gm > 1.02 else "slower than" if gm < 0.98 else "on par with"
+        n_noisy = sum(d["noisy"] for d in items)
+        line = (f"VERDICT {device} {direction}: fused {gm:.2f}x, {word} the best baseline (geometric mean over "
+                f"{len(sp)} cases, range {min(sp):.2f}x-{max(sp):.2f}x; {n_noisy} of {len(sp)} noisy)")
+        if missing.get(direction):
+            line += f"; {missing[direction]} more cases without a correct fused result"
+        if 2 * n_noisy > len(sp):
+            line += "; most cases are noisy: rerun on an idle machine before quoting this"
+        lines.append(line)
+    return lines
+
+
+def _direction_order(d: str):
+    order = ("forward", "backward", "forward+backward", "inference", "train-step")
+    return (order.index(d) if d in order else len(order), d)
+
+
 def format_summary(rows: Sequence[Row], markdown: bool = False) -> str:
     s = summary(rows)
     head = ["suite", "case", "direction", "best fused", "us", "best baseline", "us", "speedup", "fused bound us",
-            "% of bound", "peak MB fused/base", "wrong"]
+            "% of bound", "peak MB fused/base", "noisy", "wrong"]
     body = []
     for d in s:
         mem = "-" if d["fused_mem_mb"] is None and d["baseline_mem_mb"] is None else \
@@ -91,7 +131,7 @@ def format_summary(rows: Sequence[Row], markdown: bool = False) -> str:
         body.append([d["suite"], d["case"], d["direction"], d["best_fused"] or "none", _us(d["fused_us"]),
                      d["best_baseline"] or "none", _us(d["baseline_us"]), _f(d["speedup"], ".2f"),
                      _us(d["fused_bound_us"]), _f(None if d["bound_frac"] is None else 100 * d["bound_frac"], ".0f"),
-                     mem, d["wrong"] or ""])
+                     mem, "noisy" if d["noisy"] else "", d["wrong"] or ""])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
@@ -125,37 +165,56 @@ def write_csv(path: Path, machine: dict, rows: Sequence[Row]) -> None:
 
 
 def write_plots(out_dir: Path, rows: Sequence[Row], title: str) -> Tuple[List[Path], str]:
-    """Speedup of the best fused contender over the best baseline, and its fraction of the fused bound, per case,
-    one figure per suite and direction. Returns the files written and a note (why nothing was written)."""
+    """Per suite and direction, one figure: the latency of the fastest fused contender and of the fastest baseline
+    per case on a log scale, p20-p80 as error bars, with the fused roofline bound drawn; and the speedup, noisy
+    cases hatched. Returns the files written and a note (why nothing was written)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return [], "plots skipped: matplotlib is not installed (pip install matplotlib)"
+        return [], ("plots skipped: matplotlib is not installed (scripts/setup_env.sh installs it; "
+                    "pip install matplotlib)")
     by: Dict[Tuple[str, str], List[dict]] = {}
     for d in summary(rows):
         if d["speedup"] is not None:
             by.setdefault((d["suite"], d["direction"]), []).append(d)
     files = []
     for (suite, direction), items in by.items():
-        has_bound = any(d["bound_frac"] is not None for d in items)  # networks have no analytic bound
-        fig, axes = plt.subplots(1, 2 if has_bound else 1, figsize=(max(8, 0.5 * len(items) + 4), 4.5),
-                                 squeeze=False)
-        axes = axes[0]
-        labels = [d["case"] for d in items]
-        x = range(len(items))
-        axes[0].bar(x, [d["speedup"] for d in items], color="tab:blue")
-        axes[0].axhline(1.0, color="k", lw=0.8)
-        axes[0].set_ylabel("speedup vs best baseline")
-        if has_bound:
-            axes[1].bar(x, [100 * (d["bound_frac"] or 0) for d in items], color="tab:green")
-            axes[1].axhline(100, color="k", lw=0.8)
-            axes[1].set_ylabel("% of fused roofline bound")
-        for ax in axes:
-            ax.set_xticks(list(x))
-            ax.set_xticklabels(labels, rotation=70, ha="right", fontsize=7)
+        fig, (lat, spd) = plt.subplots(1, 2, figsize=(max(9, 0.6 * len(items) + 5), 4.8))
+        x = list(range(len(items)))
+
+        def bars(key):
+            med = [d[f"{key}_us"] for d in items]
+            lo = [m - (d[f"{key}_p20"] if d[f"{key}_p20"] is not None else m) for m, d in zip(med, items)]
+            hi = [(d[f"{key}_p80"] if d[f"{key}_p80"] is not None else m) - m for m, d in zip(med, items)]
+            return med, [lo, hi]
+
+        med, err = bars("fused")
+        lat.errorbar([v - 0.12 for v in x], med, yerr=err, fmt="o", color="tab:blue", capsize=3, ms=4,
+                     label="fastest fused (median, p20-p80)")
+        med, err = bars("baseline")
+        lat.errorbar([v + 0.12 for v in x], med, yerr=err, fmt="s", color="tab:orange", capsize=3, ms=4,
+                     label="fastest baseline (median, p20-p80)")
+        bound = [(v, d["fused_bound_us"]) for v, d in zip(x, items) if d["fused_bound_us"]]
+        if bound:  # networks have no analytic bound
+            lat.scatter([v for v, _ in bound], [b for _, b in bound], marker="_", s=300, color="k",
+                        label="fused roofline bound")
+        lat.set_yscale("log")
+        lat.set_ylabel("latency (us, log scale)")
+        lat.legend(fontsize=7)
+        colors = ["tab:green" if d["speedup"] >= 1 else "tab:red" for d in items]
+        rects = spd.bar(x, [d["speedup"] for d in items], color=colors)
+        for r, d in zip(rects, items):
+            if d["noisy"]:
+                r.set_hatch("//")
+                r.set_alpha(0.6)
+        spd.axhline(1.0, color="k", lw=0.8)
+        spd.set_ylabel("speedup vs best baseline (hatched: noisy)")
+        for ax in (lat, spd):
+            ax.set_xticks(x)
+            ax.set_xticklabels([d["case"] for d in items], rotation=70, ha="right", fontsize=7)
         fig.suptitle(f"{title}: {suite}, {direction}", fontsize=9)
         fig.tight_layout()
         p = out_dir / f"{suite}-{direction.replace('+', '_')}.png"

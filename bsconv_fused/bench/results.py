@@ -34,6 +34,7 @@ class Row:
     bound_frac: Optional[float] = None     # fused bound / median (1.0 = at the roofline)
     peak_mem_mb: Optional[float] = None    # extra device memory at the peak of a training call (CUDA only)
     max_err: Optional[float] = None        # max |out - ref64| / max |ref64| over outputs (and gradients)
+    noisy: bool = False                    # p80/p20 > NOISY_SPREAD even after one interleaved re-measurement
     note: str = ""
 
     def as_dict(self) -> dict:
@@ -41,6 +42,24 @@ class Row:
 
 
 ROW_FIELDS: List[str] = [f.name for f in fields(Row)]
+
+# A row whose p80/p20 spread exceeds this is noisy: its median may be off by more than the effects compared.
+NOISY_SPREAD = 1.3
+
+
+def row_spread(r: Row) -> Optional[float]:
+    """p80 / p20 of a timed row (1.0 = every repetition took the same time), None when untimed."""
+    if r.p20_us is None or r.p80_us is None or r.p20_us <= 0:
+        return None
+    return r.p80_us / r.p20_us
+
+
+def mark_noisy(rows: List[Row]) -> None:
+    """Flag the timed rows whose spread exceeds NOISY_SPREAD (rows the layer benchmark re-measured keep its flag)."""
+    for r in rows:
+        s = row_spread(r)
+        if s is not None and s > NOISY_SPREAD:
+            r.noisy = True
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -47,6 +47,11 @@ def time_cuda(fn: Callable[[], object], *, warmup_ms: float = 25, rep_ms: float 
 
 
 def _time_cuda_events(fn, *, warmup_ms: float, rep_ms: float) -> Timing:
+    return _quantiles(_cuda_samples(fn, warmup_ms=warmup_ms, rep_ms=rep_ms))
+
+
+def _cuda_samples(fn, *, warmup_ms: float, rep_ms: float) -> List[float]:
+    """Seconds per repetition of ``fn`` with CUDA events, L2 flushed before each."""
     flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")  # > L2 of any current card
     fn()
     torch.cuda.synchronize()
@@ -68,16 +73,28 @@ def _time_cuda_events(fn, *, warmup_ms: float, rep_ms: float) -> Timing:
         fn()
         e.record()
     torch.cuda.synchronize()
-    return _quantiles([s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)])
+    return [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)]
 
 
 def time_cpu(fn: Callable[[], object], *, min_run_time: float = 0.2) -> Timing:
     """Wall-clock median/p20/p80 of ``fn`` on the CPU (torch.utils.benchmark handles warm-up and threads)."""
+    return _quantiles(_cpu_samples(fn, min_run_time=min_run_time))
+
+
+def _cpu_samples(fn, *, min_run_time: float, min_samples: int = 5, max_seconds: float = 2.0) -> List[float]:
+    """Per-call seconds of blocks of calls. A slow call (tens of ms) fills ``min_run_time`` in one or two blocks,
+    whose p20-p80 would say nothing about the spread: blocks are added until there are ``min_samples`` of them or
+    ``max_seconds`` have passed."""
+    import time
+
     from torch.utils.benchmark import Timer
 
-    m = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run_time)
-    return _quantiles(list(m.times))
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    t0 = time.perf_counter()
+    times = list(timer.blocked_autorange(min_run_time=min_run_time).times)
+    while len(times) < min_samples and time.perf_counter() - t0 < max_seconds:
+        times += timer.blocked_autorange(min_run_time=min_run_time / min_samples).times
+    return times
 
 
 def time_fn(fn: Callable[[], object], device: torch.device, *, quick: bool, long: bool = False) -> Timing:
@@ -87,6 +104,24 @@ def time_fn(fn: Callable[[], object], device: torch.device, *, quick: bool, long
     if device.type == "cuda":
         return time_cuda(fn, warmup_ms=(10 if quick else 25) * scale, rep_ms=(30 if quick else 100) * scale)
     return time_cpu(fn, min_run_time=(0.05 if quick else 0.2) * scale)
+
+
+def time_interleaved(fns: Sequence[Callable[[], object]], device: torch.device, *, quick: bool,
+                     rounds: int = 5) -> List[Timing]:
+    """Time several functions in alternation: ``rounds`` short blocks of each in turn, pooled per function.
+
+    A slow phase of the machine (another process, frequency scaling, a page-cache flush) then hits every function
+    alike instead of one of them, so their ratio holds even when each spread is wide. The total budget per function
+    is that of one :func:`time_fn` call."""
+    samples: List[List[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            if device.type == "cuda":
+                samples[i] += _cuda_samples(fn, warmup_ms=(10 if quick else 25) / rounds,
+                                            rep_ms=(30 if quick else 100) / rounds)
+            else:
+                samples[i] += _cpu_samples(fn, min_run_time=(0.05 if quick else 0.2) / rounds)
+    return [_quantiles(s) for s in samples]
 
 
 def copy_bandwidth(device: torch.device, *, quick: bool) -> float:

@@ -104,6 +104,8 @@ def measure(cases: Sequence[LayerCase], log=None) -> List[dict]:
     rows = []
     for i, c in enumerate(cases, 1):
         t0 = time.perf_counter()
+        if log:
+            log(f"[traffic {i}/{len(cases)}] {c.name}: counting forward and backward under the interpreter ...")
         rows += measure_case(c)
         if log:
             log(f"[traffic {i}/{len(cases)}] {c.name} counted in {time.perf_counter() - t0:.1f} s")
@@ -174,29 +176,52 @@ def _child(argv: Sequence[str]) -> int:
     return 0
 
 
+def _child_cmd(quick: bool, dtype: str) -> List[str]:
+    return [sys.executable, "-m", "bsconv_fused.bench.traffic_report", "--json", "--dtype", dtype] + (
+        ["--quick"] if quick else [])
+
+
 def run(quick: bool, dtype: str = "fp32", timeout: Optional[float] = None, log=print) -> List[dict]:
     """The report's rows, computed in a child process with TRITON_INTERPRET=1 (this process may have Triton
-    kernels defined for the GPU already). Progress lines of the child are relayed to ``log``."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    cmd = [sys.executable, "-m", "bsconv_fused.bench.traffic_report", "--json", "--dtype", dtype]
-    if quick:
-        cmd.append("--quick")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise RuntimeError(f"the traffic report did not finish within {timeout} s")
-    for line in err.splitlines():
-        if line.startswith("[traffic"):
-            log(line)
-    if proc.returncode != 0:
-        tail = "\n".join(err.strip().splitlines()[-15:])
-        raise RuntimeError(f"the traffic report failed (exit {proc.returncode}):\n{tail}")
-    for line in out.splitlines():
-        if line.startswith(_MARK):
-            return json.loads(line[len(_MARK):])
+    kernels defined for the GPU already). The child's progress lines are relayed to ``log`` as they come."""
+    import tempfile
+    import threading
+
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
+    cmd = _child_cmd(quick, dtype)
+    # stdout (one long JSON line at the end) goes to a file: a pipe left unread while stderr streams could fill up
+    # and stall the child.
+    with tempfile.TemporaryFile(mode="w+") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.PIPE, text=True, bufsize=1)
+        timer = None
+        expired = []
+        if timeout is not None:
+            def kill():
+                expired.append(True)
+                proc.kill()
+
+            timer = threading.Timer(timeout, kill)
+            timer.start()
+        tail: List[str] = []
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                line = line.rstrip("\n")
+                if line.startswith("[traffic"):
+                    log(line)
+                tail = (tail + [line])[-15:]
+            proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if expired:
+            raise RuntimeError(f"the traffic report did not finish within {timeout} s")
+        if proc.returncode != 0:
+            raise RuntimeError(f"the traffic report failed (exit {proc.returncode}):\n" + "\n".join(tail))
+        out.seek(0)
+        for line in out:
+            if line.startswith(_MARK):
+                return json.loads(line[len(_MARK):])
     raise RuntimeError("the traffic report printed no result line")
 
 
