@@ -96,7 +96,7 @@ y, fwd = forward_launches(x, pw, dw, b, None, (1, 1), (1, 1), (1, 1))
 bwd, _ = backward_launches(torch.empty_like(y), x, pw, dw, None, (1, 1), (1, 1), (1, 1), (True,) * 4 + (False,))
 out = [dict(p.as_dict(), declared=[[lp.name, lp.trips, lp.optional] for lp in p.kernel.launch.loops])
        for p in predict_launches(fwd + bwd, "sm_90")]
-# two more required loops than the SASS has (optional kh/kw could absorb one wrong loop: see counts.py)
+# two more required loops than the SASS has
 bad = dataclasses.replace(fwd[0], loops=(Loop("extra", 2), Loop("extra2", 5)) + fwd[0].loops)
 try:
     predict_launches([bad], "sm_90")
@@ -122,7 +122,8 @@ def test_small_layer_counts_are_deterministic(small_layer):
 
 def test_small_layer_declared_loops_found(small_layer):
     kernels = small_layer[0]["kernels"]
-    assert [k["kernel"] for k in kernels] == ["bsconv_fwd_kernel", "bsconv_bwd_dx_kernel", "bsconv_bwd_w_kernel[lead]"]
+    assert [k["kernel"] for k in kernels] == ["bsconv_fwd_staged_kernel", "bsconv_bwd_dx_kernel",
+                                              "bsconv_bwd_w_kernel[lead]", "bsconv_bwd_w_kernel[rest]"]
     for k in kernels:
         assert k["declared"], k["kernel"]  # every kernel of the layer has runtime loops
         # every required loop found with its trips, in order; optional ones (e.g. kw, unrolled on sm_90) may be gone
@@ -139,18 +140,23 @@ def test_small_layer_declared_loops_found(small_layer):
             t = k["times_us"][m]
             assert k["bound_us"][m] == max(t.values()) > 0 and k["binding"][m] in t
         assert k["times_us"]["H200 SXM"]["dram"] < k["times_us"]["H100 SXM"]["dram"]
-    fwd, dx, lead = kernels
-    assert [lp["name"] for lp in fwd["loops"]] == ["c_in", "kh"]
-    assert [lp["name"] for lp in lead["loops"]] == ["tile", "c_in", "tap"] and lead["loops"][0]["trips"] > 1
-    assert [lp["depth"] for lp in lead["loops"]] == [0, 1, 1]  # t recompute and taps both inside the tile loop
+    fwd, dx, lead, rest = kernels
+    # the persistent forward: its tiles, then per tile the C_in chunks of the GEMM and the taps (both inside)
+    assert [lp["name"] for lp in fwd["loops"]] == ["tiles", "c_in", "taps"] and fwd["loops"][0]["trips"] > 1
+    assert [lp["depth"] for lp in fwd["loops"]] == [0, 1, 1]
+    assert [lp["name"] for lp in dx["loops"]] == ["co_blocks", "dt_kh"]
+    # the weight kernels walk their tiles (several per group at N=64): LEAD recomputes t inside, the other regenerates
+    # dt row by row inside
+    assert [lp["name"] for lp in lead["loops"]] == ["tiles", "t_ci"] and lead["loops"][0]["trips"] > 1
+    assert [lp["name"] for lp in rest["loops"]] == ["tiles", "dt_kh"] and rest["loops"][0]["trips"] > 1
     assert fwd["counts_per_warp"]["tensor_flops"]["wgmma.f16"] > 0  # the pointwise GEMM runs on wgmma
 
 
 def test_small_layer_mismatch_fails_loudly(small_layer):
     msg = small_layer[0]["mismatch"]
     assert msg is not None
-    assert msg.startswith("bsconv_fwd_kernel: the launch declares 5 runtime loops")  # 2 extra, c_in, kh, kw
-    assert "extra(2)" in msg and "extra2(5)" in msg and "compiled SASS has 2" in msg
+    assert msg.startswith("bsconv_fwd_staged_kernel: the launch declares 5 runtime loops")  # 2 extra + 3
+    assert "extra(2)" in msg and "extra2(5)" in msg and "compiled SASS has 3" in msg
 
 
 ROW_FIELDS = {"layer", "layout", "dtype", "direction", "backend", "kernels", "predicted_us", "predicted_us_h200",

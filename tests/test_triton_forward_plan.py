@@ -7,7 +7,7 @@ from bsconv_fused import bsconv_u
 from bsconv_fused._shapes import Geometry
 from bsconv_fused.triton.plan import (STAGED_MAX_TILE_VALUES, cdiv, forward_loses, plan_forward, predict_staged,
                                       unfused_forward_seconds)
-from parity import Case, check
+from bsconv_fused.testing import Case, check
 
 SUITE = [(32, 64, 112, 3, 1), (64, 128, 56, 3, 1), (128, 128, 28, 3, 1), (256, 256, 28, 3, 1),
          (128, 256, 28, 3, 2), (128, 128, 28, 5, 1), (512, 512, 14, 3, 1), (1024, 1024, 7, 3, 1)]
@@ -63,4 +63,4 @@ def test_staged_persistent_loop(layout, triton_device, monkeypatch):
     p = plan_forward(g, "staged", layout == "channels_last")
     tiles = case.N * p.tiles_per_image * cdiv(case.C_out, p.block_co)
     assert tiles > 4 and cdiv(case.C_out, p.block_co) > 1, p  # the interpreter runs 4 programs
-    check(case, lambda *a, **k: bsconv_u(*a, **k, backend="triton"), triton_device)
+    check(case, lambda *a, **k: bsconv_u(*a, **k, backend="triton"), triton_device, backend="triton")
