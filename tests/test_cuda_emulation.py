@@ -4,7 +4,7 @@ No GPU is needed: translate.py turns the kernel launches into host calls, each b
 barriers, and a host stand-in follows the documented WMMA fragment layouts. emu_test compares y, dx, d_pw, d_dw,
 d_bias and d_mid with a float64 reference over its case list (channel counts, kernel sizes, stride, padding,
 dilation, biases, NCHW / channels_last / strided views, fp32 / TF32 / fp16 / bf16, deterministic and atomic
-reductions), and the refusal rule of the host entry points. It cannot see real warp-level races, real fragment
+reductions, and 64-bit offsets: N=3 images 2^30+64 elements apart in lazily committed memory), and the refusal rule of the host entry points. It cannot see real warp-level races, real fragment
 behaviour or timing: the GPU tests do that.
 """
 import os

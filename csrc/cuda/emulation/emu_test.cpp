@@ -1,6 +1,8 @@
 // Emulated end-to-end check of forward() and backward() against a float64 reference on the host (see README.md).
 // Usage: emu_test [case-filter]. Exit status 1 when any comparison fails.
 #include <cstdio>
+#include <cstdlib>
+#include <new>
 #include <cstring>
 #include <random>
 #include <string>
@@ -18,7 +20,8 @@ struct Case {
   const char* name;
   int N, C_in, C_out, H, W, kh, kw, sh, sw, ph, pw, dh, dw;
   bool bias, mid;
-  int x_layout, y_layout;  // 0 NCHW, 1 channels_last, 2 strided view into a larger NCHW buffer
+  int x_layout, y_layout;  // 0 NCHW, 1 channels_last, 2 strided view into a larger NCHW buffer, 3 images 2^30+64
+                           // elements apart (image 2 starts past 2^31: 64-bit offsets), in lazily committed memory
 };
 
 template <typename T>
@@ -40,9 +43,16 @@ struct Tensor {
   int64_t n, c, h, w;
   Strides4 s;
   std::vector<T> buf;
+  T* big = nullptr;  // layout 3: calloc'ed, so only the pages of the images (and what the kernels touch) are committed
   int64_t off0 = 0;
+  Tensor(const Tensor&) = delete;
+  ~Tensor() { std::free(big); }
   Tensor(int64_t n_, int64_t c_, int64_t h_, int64_t w_, int layout) : n(n_), c(c_), h(h_), w(w_) {
-    if (layout == 0) {
+    if (layout == 3) {
+      s = {(int64_t(1) << 30) + 64, h * w, w, 1};
+      big = static_cast<T*>(std::calloc(size_t((n - 1) * s.n + c * h * w), sizeof(T)));
+      if (big == nullptr) throw std::bad_alloc();
+    } else if (layout == 0) {
       s = {c * h * w, h * w, w, 1};
       buf.assign(n * c * h * w, fromf<T>(0));
     } else if (layout == 1) {
@@ -55,8 +65,8 @@ struct Tensor {
       buf.assign(n * C * Hh * Ww, fromf<T>(1e4f));  // a poisoned gap: reading it breaks the comparison
     }
   }
-  T* data() { return buf.data() + off0; }
-  T& at(int64_t a, int64_t b, int64_t cc, int64_t d) { return buf[off0 + a * s.n + b * s.c + cc * s.h + d * s.w]; }
+  T* data() { return (big ? big : buf.data()) + off0; }
+  T& at(int64_t a, int64_t b, int64_t cc, int64_t d) { return data()[a * s.n + b * s.c + cc * s.h + d * s.w]; }
 };
 
 struct Ref {
@@ -335,6 +345,10 @@ int main(int argc, char** argv) {
     fails += !run_case<__half>(k, DType::kFloat16, true, false, 5e-3, seed++);
     fails += !run_case<__nv_bfloat16>(k, DType::kBFloat16, true, true, 3e-2, seed++);
   }
+  // 64-bit offsets: x, dx and y with images 2^30+64 elements apart (N=3: the third image starts past 2^31), fp16.
+  const Case big = {"offsets64", 3, 4, 16, 3, 5, 3, 3, 1, 1, 1, 1, 1, 1, true, true, 3, 3};
+  if (filter.empty() || std::string(big.name).find(filter) != std::string::npos)
+    fails += !run_case<__half>(big, DType::kFloat16, true, false, 5e-3, seed++);
   std::printf("%d failures\n", fails);
   return fails != 0;
 }
