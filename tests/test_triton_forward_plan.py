@@ -43,7 +43,7 @@ def test_forward_loses_follows_the_model():
         for cl in (True, False):
             cost = predict_staged(g, plan_forward(g, "", cl), cl)
             # the decision asks the model to win by FORWARD_MODEL_MARGIN (the model reads below the full report)
-            wins = cost.bound * FORWARD_MODEL_MARGIN <= unfused_forward_seconds(g)
+            wins = cost.full * FORWARD_MODEL_MARGIN <= unfused_forward_seconds(g)
             assert (forward_loses(g, torch.float16, cl) is None) == wins
 
 
