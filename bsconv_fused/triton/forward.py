@@ -3,10 +3,11 @@
 The default is bsconv_fwd_staged_kernel (design, cost model and static sm_90 predictions: docs/triton-kernels.md):
 a persistent grid; per tile, the pointwise conv runs once on the tile's input halo (tl.dot, fp32 accumulation), the
 intermediate t is staged once in the program's L2-resident scratch slot, and every depthwise tap reads its shifted
-window from there with vector loads (L1 hits). Static prediction (H100, fp16, N=64, channels_last, from its SASS):
-1.5-1.9x faster than the ideal two-layer roofline on the K=3 suite layers up to 256 channels, 0.45-1.08x on the K5 and
-512/1024-channel ones (plan.forward_loses flags the layers its model predicts slower); every layer and both layouts in
-the doc.
+window from there with vector loads (L1 hits). Static prediction (benchmarks/results/static-sm90, H100 SXM, fp16,
+N=64, K=3 stride 1, channels_last; predicted speedup over the ideal two-layer roofline): 32->64@112 1.64x,
+64->128@56 1.41x, 128->128@56 1.26x, 128->256@28 1.10x, 256->256@28 0.87x, 512->512@14 0.57x, 1024->1024@7 0.21x
+(NCHW 1.37x down to 0.31x). plan.forward_loses flags the layers its model predicts slower, and "auto" runs the
+two-layer path there.
 
 Two older variants (the intermediate kept in registers, taps through tl.gather) stay selectable with
 BSCONV_FUSED_TRITON_FWD=separable|flat for comparison; their SASS costs 5.8-22 thread-instructions per output
