@@ -49,6 +49,10 @@ def target(request, monkeypatch):
         pytest.skip("needs a GPU and the extension's CUDA kernels")
     if variant:
         monkeypatch.setenv("BSCONV_FUSED_TRITON_FWD", variant)
+    if device.startswith("cuda"):
+        # fp32 on GPUs is checked in strict fp32 here (the kernels follow cuDNN's allow_tf32, which PyTorch turns on
+        # by default); test_tf32 checks the TF32 mode with its own tolerance
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     return backend, device, dtype
 
 
@@ -112,6 +116,16 @@ def test_odd_shapes(shape, target):
 ], ids=["dx", "dpw", "ddw", "biases", "weights", "dmid"])
 def test_partial_gradients(requires, target):
     run(target, requires=requires)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_tf32(layout, target, monkeypatch):
+    # PyTorch's default for convolutions on GPUs: the fused fp32 GEMMs then run on TF32 tensor cores too, and the
+    # tolerance rule follows (the two-layer path's own TF32 error, TOLERANCE[(float32, True)])
+    if not target[1].startswith("cuda"):
+        pytest.skip("TF32 exists on GPUs only")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    run(target, dtype=torch.float32, layout=layout, C_in=40, C_out=72, H=13, W=11)
 
 
 def test_no_gradient_at_all(target):

@@ -36,7 +36,26 @@ def test_main_case_all_dtypes(arch):
     assert all(" stack=0 " in line for line in stacks), "\n".join(stacks)
 
 
-def test_other_geometries_sm90_bf16():
+@pytest.fixture(scope="module")
+def other_geometries_sm90_bf16():
     # rectangular dilated kernel with C_in=3, and a deep 7x7 map: the other plan shapes
     out = _compile(["--arch", "90", "--dtype", "bfloat16", "--case", "2", "3"])
-    assert "compiled" in out
+    rows = [line for line in out.splitlines() if "kernel=" in line]
+    return out, rows
+
+
+def test_other_geometries_sm90_bf16(other_geometries_sm90_bf16):
+    out, rows = other_geometries_sm90_bf16
+    # forward, dx, weight-gradient lead + non-lead launches for each of the two cases
+    assert len(rows) == 8 and "compiled 8 kernels" in out, out
+    assert all(" stack=" in r and " regs=" in r for r in rows), out
+    spilled = [r for r in rows if " stack=0 " not in r and not ("case=2" in r and "lead=True" in r)]
+    assert not spilled, "\n".join(spilled)
+
+
+@pytest.mark.xfail(strict=True, reason="known: the weight-gradient LEAD kernel of case 2 (rectangular dilated 2x7 "
+                                       "kernel, C_in=3) compiles with a 16-byte stack frame on sm_90; open work")
+def test_other_geometries_sm90_bf16_lead_without_stack(other_geometries_sm90_bf16):
+    _, rows = other_geometries_sm90_bf16
+    lead = [r for r in rows if "case=2" in r and "lead=True" in r]
+    assert lead and all(" stack=0 " in r for r in lead), lead
