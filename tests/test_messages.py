@@ -19,8 +19,8 @@ def _args(C_in=4, C_out=6, dtype=torch.float32):
 def test_backend_error_names_the_environment_variable(monkeypatch):
     x, pw, dw = _args()
     monkeypatch.setenv("BSCONV_FUSED_BACKEND", "triton")
-    monkeypatch.setattr(backends, "_why_not", lambda name, x, g=None: "not here (test)")
-    with pytest.raises(BackendUnavailableError, match=r"BSCONV_FUSED_BACKEND=triton.*Unset BSCONV_FUSED_BACKEND"):
+    monkeypatch.setattr(backends, "why_not", lambda name, x, g=None: "not here (test)")
+    with pytest.raises(BackendUnavailableError, match=r"BSCONV_FUSED_BACKEND=triton.*unset BSCONV_FUSED_BACKEND"):
         bsconv_u(x, pw, dw, padding=1)
     monkeypatch.delenv("BSCONV_FUSED_BACKEND")
     with pytest.raises(BackendUnavailableError) as e:  # an explicit argument: no variable to blame
@@ -40,8 +40,8 @@ def _fallback_warnings(fn):
 
 
 def test_functional_fallback_warning_points_at_the_callers_line(monkeypatch):
-    # fp64 on the CPU with no fused backend able to take it: force the fallback through _why_not
-    monkeypatch.setattr(backends, "_why_not", lambda name, x, g=None: "unavailable (test)")
+    # fp64 on the CPU with no fused backend able to take it: force the fallback through why_not
+    monkeypatch.setattr(backends, "why_not", lambda name, x, g=None: "unavailable (test)")
     x, pw, dw = _args()
     (w,) = _fallback_warnings(lambda: bsconv_u(x, pw, dw, padding=1))
     assert w.filename == __file__, w.filename
