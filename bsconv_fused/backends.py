@@ -282,7 +282,6 @@ def _requested(requested: str) -> Tuple[str, str]:
     """(backend name, where it came from) after applying BSCONV_FUSED_BACKEND to "auto"."""
     if requested not in CHOICES:
         raise ValueError(f"backend must be one of {CHOICES}, got {requested!r}")
-    from_env = False
     if requested == "auto":
         env = os.environ.get(ENV_VAR, "").strip()
         if env:

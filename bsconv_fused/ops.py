@@ -15,7 +15,7 @@ Contracts shared by every pair (the fake kernels below encode them, the real ker
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 

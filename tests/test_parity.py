@@ -11,7 +11,6 @@ two-layer path fails here. A backend missing on this machine skips with the reas
 from __future__ import annotations
 
 import functools
-import os
 
 import pytest
 import torch

@@ -150,6 +150,14 @@ def write_json(path, machine: dict, results: Sequence[ParityResult]) -> None:
     from dataclasses import asdict
     from pathlib import Path
 
-    doc = {"machine": machine, "passed": passed(results), "tolerance": TOLERANCE,
+    from .. import testing
+
+    tolerance = {
+        "rule": "err(fused) <= min(2 * err(two-layer path, same dtype) + floor, cap), errors against float64 "
+                "(bsconv_fused/testing.py)",
+        "floor_cap": {str(dt).replace("torch.", "") + ("-tf32" if tf32 else ""): list(v)
+                      for (dt, tf32), v in testing.TOLERANCE.items()},
+    }
+    doc = {"machine": machine, "passed": passed(results), "tolerance": tolerance,
            "cases": [c.label for c in PARITY_CASES], "results": [asdict(r) for r in results]}
     Path(path).write_text(json.dumps(doc, indent=1, default=str))
