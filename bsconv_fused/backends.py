@@ -167,9 +167,11 @@ def _cuda_refusal(N, C_in, C_out, H, W, k, stride, padding, dilation, dtype, dev
     return op(N, C_in, C_out, H, W, list(k), list(stride), list(padding), list(dilation), dtype, device)
 
 
-if getattr(getattr(torch, "_dynamo", None), "assume_constant_result", None) is not None:
-    # a query that returns a string: evaluated once at trace time under torch.compile
-    _cuda_refusal = torch._dynamo.assume_constant_result(_cuda_refusal)
+# torch.compile cannot trace a query that returns a string or an int into a graph: such queries are evaluated once,
+# at trace time, as constants (the cuda_refusal answer below, the CPU thread count further down)
+_assume_constant = getattr(getattr(torch, "_dynamo", None), "assume_constant_result", None)
+if _assume_constant is not None:
+    _cuda_refusal = _assume_constant(_cuda_refusal)
 
 
 def _cpu_status() -> Optional[str]:
@@ -271,9 +273,7 @@ def _num_threads() -> int:
     return torch.get_num_threads()
 
 
-# torch.compile cannot put an int-returning torch call in a graph: read the thread count at trace time as a constant
-# (a later torch.set_num_threads only matters to the choice when the function recompiles).
-_assume_constant = getattr(getattr(torch, "_dynamo", None), "assume_constant_result", None)
+# (under torch.compile a later torch.set_num_threads only matters to the choice when the function recompiles)
 if _assume_constant is not None:
     _num_threads = _assume_constant(_num_threads)
 

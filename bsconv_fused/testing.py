@@ -61,6 +61,20 @@ BACKEND_OPS = {
 }
 
 
+def fused_targets() -> List[Tuple[str, str]]:
+    """(backend, device) for every fused backend that can run here: Triton on the GPU, or through the interpreter
+    on the CPU when TRITON_INTERPRET=1; the extension's CPU kernels; its CUDA kernels with a GPU."""
+    from . import backends
+
+    status = backends.available_backends()
+    out = []
+    for name, b in backends.TABLE.items():
+        if status[name].available:
+            on_cpu = name == "triton" and not torch.cuda.is_available()  # the interpreter
+            out.append((name, "cpu" if on_cpu else b.device))
+    return out
+
+
 def tf32_in_force(dtype: torch.dtype, device) -> bool:
     """Whether fp32 convolutions on ``device`` run in TF32 (cuDNN's default on GPUs), as the fused kernels follow."""
     return (dtype == torch.float32 and torch.device(device).type == "cuda"

@@ -13,22 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from bsconv_fused import BSConvS, BSConvU, _ext, bsconv_u, bsconv_u_reference
-from bsconv_fused.backends import available_backends, interpreting
-from bsconv_fused.testing import OpRecorder, rel_err, tolerance
+from bsconv_fused.testing import OpRecorder, fused_targets, rel_err, tolerance
 
 
-def _fused_targets():
-    out = []
-    if available_backends()["triton"].available and (torch.cuda.is_available() or interpreting()):
-        out.append(("triton", "cuda" if torch.cuda.is_available() else "cpu"))
-    if _ext.available():
-        out.append(("cpu", "cpu"))
-    if torch.cuda.is_available() and _ext.has_cuda_kernels():
-        out.append(("cuda", "cuda"))
-    return out
-
-
-TARGETS = _fused_targets()
+TARGETS = fused_targets()
 needs_fused = pytest.mark.skipif(not TARGETS, reason="no fused backend here")
 
 

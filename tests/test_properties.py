@@ -15,10 +15,9 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from bsconv_fused import _ext, bsconv_u  # noqa: E402
+from bsconv_fused import bsconv_u  # noqa: E402
 from bsconv_fused._shapes import conv_out_size  # noqa: E402
-from bsconv_fused.backends import available_backends, interpreting  # noqa: E402
-from bsconv_fused.testing import Case, check  # noqa: E402
+from bsconv_fused.testing import Case, check, fused_targets  # noqa: E402
 
 # The interpreter runs ~0.1 s per Triton program: the CI profile keeps examples few and small.
 settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True,
@@ -29,18 +28,10 @@ if getattr(settings, "_current_profile", "default") == "default":  # --hypothesi
     settings.load_profile("ci")
 
 
-def _backends():
-    out = []
-    if available_backends()["triton"].available and (torch.cuda.is_available() or interpreting()):
-        out.append(("triton", "cuda" if torch.cuda.is_available() else "cpu", (torch.float32, torch.float16)))
-    if _ext.available():
-        out.append(("cpu", "cpu", (torch.float64, torch.float32, torch.bfloat16)))
-    if torch.cuda.is_available() and _ext.has_cuda_kernels():
-        out.append(("cuda", "cuda", (torch.float32, torch.float16, torch.bfloat16)))
-    return out
-
-
-BACKENDS = _backends()
+# the dtypes each backend's random cases draw from
+DTYPES = {"triton": (torch.float32, torch.float16), "cpu": (torch.float64, torch.float32, torch.bfloat16),
+          "cuda": (torch.float32, torch.float16, torch.bfloat16)}
+BACKENDS = [(name, device, DTYPES[name]) for name, device in fused_targets()]
 
 
 @st.composite
