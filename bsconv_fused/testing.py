@@ -226,14 +226,27 @@ def _run(fn: Callable, c: Case, leaves, gy_fn) -> Tuple[torch.Tensor, Dict[str, 
     return y, grads, gy
 
 
-def check(c: Case, fn: Callable, device, *, backend: Optional[str] = None) -> Dict[str, float]:
-    """Run fn(x, pw, dw, bias, stride, padding, dilation, mid_bias=...) on case c and hold it against float64.
+@dataclass
+class Measurement:
+    """What :func:`measure` found for one case: errors and tolerances by tensor name ("y" and the gradients), the
+    contract violations it saw (shape, dtype, layout, missing gradients), and the ops that ran."""
 
-    backend: the fused backend fn is expected to run ("triton", "cpu", "cuda"); asserted through OpRecorder, so a
-    call that quietly takes the two-layer path fails. None only for the two-layer path itself.
-    Asserts y's shape, dtype and memory format, that exactly the requested gradients exist with the right
-    shape/dtype/layout, and every error within :func:`tolerance`. Returns the errors by name."""
-    leaves = make_inputs(c, device)
+    errs: Dict[str, float]
+    tols: Dict[str, float]
+    problems: List[str]
+    rec: OpRecorder
+
+    def over(self) -> Dict[str, Tuple[float, float]]:
+        """(err, tol) of every tensor above its tolerance."""
+        return {k: (self.errs[k], self.tols[k]) for k in self.errs if not self.errs[k] <= self.tols[k]}
+
+
+def measure(c: Case, fn: Callable, device, *, generator: Optional[torch.Generator] = None) -> Measurement:
+    """Run fn(x, pw, dw, bias, stride, padding, dilation, mid_bias=...) on case c, the two-layer path on the same
+    inputs in the same dtype, and the float64 oracle; return the errors, the tolerances of the rule above and the
+    contract violations. Raises only what fn raises. :func:`check` (tests) asserts on it; the main job's parity
+    report (bsconv_fused.bench.parity) turns it into a status line."""
+    leaves = make_inputs(c, device, generator)
     gy_holder = {}
 
     def gy_fn(y):
@@ -244,31 +257,51 @@ def check(c: Case, fn: Callable, device, *, backend: Optional[str] = None) -> Di
     rec = OpRecorder()
     with rec:
         y, grads, gy = _run(fn, c, leaves, gy_fn)
-    if backend is not None:
-        rec.assert_ran(backend, backward=bool(grads))
     # the same dtype through the two-layer path, for the tolerance rule (fresh leaves: same values)
     same = [None if t is None else t.detach().clone().requires_grad_(t.requires_grad) for t in leaves]
     y2, grads2, _ = _run(lambda *a, **k: bsconv_u_reference(*a, **k), c, same, gy_fn)
     ref, rgrads = reference64(c, leaves, gy)
 
-    assert y.shape == ref.shape, (str(c), y.shape, ref.shape)
-    assert y.dtype == c.dtype, (str(c), y.dtype)
+    problems = []
+    if y.shape != ref.shape:
+        problems.append(f"y has shape {tuple(y.shape)}, expected {tuple(ref.shape)}")
+    if y.dtype != c.dtype:
+        problems.append(f"y has dtype {y.dtype}, expected {c.dtype}")
     x = leaves[0]
     # the layout contract (bsconv_fused._shapes.empty_output): channels_last in, channels_last out, unless x is
     # also plain-contiguous (C_in = 1 or a 1x1 image), where both layouts describe the same strides
     cl_in = c.layout == "channels_last" and not x.is_contiguous()
-    if cl_in:
-        assert y.is_contiguous(memory_format=torch.channels_last), f"{c}: y lost channels_last"
+    if cl_in and not y.is_contiguous(memory_format=torch.channels_last):
+        problems.append("y lost channels_last")
     tf32 = tf32_in_force(c.dtype, device)
-    errs, tols = {"y": rel_err(y, ref)}, {"y": tolerance(c.dtype, tf32, rel_err(y2, ref))}
-    assert set(grads) == set(rgrads), (str(c), sorted(grads), sorted(rgrads))
+    errs = {"y": rel_err(y, ref) if not problems else float("inf")}
+    tols = {"y": tolerance(c.dtype, tf32, rel_err(y2, ref))}
+    if set(grads) != set(rgrads):
+        problems.append(f"gradients {sorted(grads)}, expected {sorted(rgrads)}")
     for name, g in grads.items():
         t = leaves[GRAD_NAMES.index(name)]
-        assert g is not None and g.shape == t.shape and g.dtype == t.dtype, (str(c), name)
-        if name == "x" and cl_in:
-            assert g.is_contiguous(memory_format=torch.channels_last), f"{c}: dx lost channels_last"
-        errs[name] = rel_err(g, rgrads[name])
-        tols[name] = tolerance(c.dtype, tf32, rel_err(grads2[name], rgrads[name]))
-    bad = {k: (errs[k], tols[k]) for k in errs if not errs[k] <= tols[k]}
-    assert not bad, f"{c}: errors above tolerance (err, tol): {bad} (all errors: {errs})"
-    return errs
+        if g is None or g.shape != t.shape or g.dtype != t.dtype:
+            problems.append(f"grad {name}: shape/dtype differs from its input")
+            continue
+        if name == "x" and cl_in and not g.is_contiguous(memory_format=torch.channels_last):
+            problems.append("dx lost channels_last")
+        if name in rgrads:
+            errs[name] = rel_err(g, rgrads[name])
+            tols[name] = tolerance(c.dtype, tf32, rel_err(grads2[name], rgrads[name]))
+    return Measurement(errs, tols, problems, rec)
+
+
+def check(c: Case, fn: Callable, device, *, backend: Optional[str] = None) -> Dict[str, float]:
+    """Run fn(x, pw, dw, bias, stride, padding, dilation, mid_bias=...) on case c and hold it against float64.
+
+    backend: the fused backend fn is expected to run ("triton", "cpu", "cuda"); asserted through OpRecorder, so a
+    call that quietly takes the two-layer path fails. None only for the two-layer path itself.
+    Asserts y's shape, dtype and memory format, that exactly the requested gradients exist with the right
+    shape/dtype/layout, and every error within :func:`tolerance`. Returns the errors by name."""
+    m = measure(c, fn, device)
+    if backend is not None:
+        m.rec.assert_ran(backend, backward=len(m.errs) > 1)
+    assert not m.problems, f"{c}: {m.problems}"
+    bad = m.over()
+    assert not bad, f"{c}: errors above tolerance (err, tol): {bad} (all errors: {m.errs})"
+    return m.errs

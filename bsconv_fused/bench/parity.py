@@ -9,8 +9,7 @@ import torch
 
 from ..backends import BACKENDS, TABLE, BackendUnavailableError, available_backends
 from ..functional import bsconv_u
-from ..reference import bsconv_u_reference
-from ..testing import OpRecorder, rel_err, tf32_in_force, tolerance
+from ..testing import Case, measure
 from .checks import describe
 from .suites import DTYPES, PARITY_CASES, ParityCase
 
@@ -28,73 +27,36 @@ class ParityResult:
     note: str = ""
 
 
-def _inputs(c: ParityCase, device: torch.device, dtype: torch.dtype, seed: int):
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
-
-    kh, kw = c.kernel
-    x = rnd(c.N, c.C_in, c.H, c.W)
-    if c.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    pw = rnd(c.C_out, c.C_in, 1, 1, scale=c.C_in ** -0.5)
-    dw = rnd(c.C_out, 1, kh, kw, scale=(kh * kw) ** -0.5)
-    bias = rnd(c.C_out, scale=0.1) if c.bias else None
-    mid = rnd(c.C_out, scale=0.1) if c.mid_bias else None
-    return x, pw, dw, bias, mid
+def as_case(c: ParityCase, dtype: torch.dtype) -> Case:
+    """The test suite's Case for a parity case: same inputs, oracle and tolerance rule as the tests."""
+    return Case(N=c.N, C_in=c.C_in, C_out=c.C_out, H=c.H, W=c.W, k=c.kernel, stride=c.stride, padding=c.padding,
+                dilation=c.dilation, bias=c.bias, mid=c.mid_bias,
+                layout="channels_last" if c.channels_last else "nchw", dtype=dtype)
 
 
 def check_case(backend: str, c: ParityCase, device: torch.device, dtype: str, seed: int = 0) -> ParityResult:
-    dt = DTYPES[dtype]
-    x, pw, dw, bias, mid = _inputs(c, device, dt, seed)
-    leaves = [t for t in (x, pw, dw, bias, mid) if t is not None]
-    ours = [t.detach().clone().requires_grad_(True) for t in leaves]
-    ref = [t.detach().to(torch.float64).requires_grad_(True) for t in leaves]
-
-    def unpack(ts):
-        it = iter(ts)
-        return next(it), next(it), next(it), (next(it) if c.bias else None), (next(it) if c.mid_bias else None)
-
-    args = dict(stride=c.stride, padding=c.padding, dilation=c.dilation)
+    """One parity case through :func:`bsconv_fused.testing.measure`: the output and every gradient against the
+    float64 oracle, within the tests' tolerance rule, and the backend's own ops seen running."""
     base = dict(backend=backend, device=str(device), dtype=dtype, case=c.label)
-    rec = OpRecorder()
+
+    def fn(x, pw, dw, bias, stride, padding, dilation, mid_bias=None):
+        return bsconv_u(x, pw, dw, bias, stride, padding, dilation, mid_bias=mid_bias, backend=backend)
+
+    torch.manual_seed(seed)  # grad_output comes from the global generator
     try:
-        xo, pwo, dwo, bo, mo = unpack(ours)
-        with rec:
-            y = bsconv_u(xo, pwo, dwo, bo, mid_bias=mo, backend=backend, **args)
+        m = measure(as_case(c, DTYPES[dtype]), fn, device, generator=torch.Generator().manual_seed(seed))
     except BackendUnavailableError as e:
         return ParityResult(status="n/a", note=str(e).split(". To fall back")[0][:160], **base)
     except Exception as e:
         return ParityResult(status="error", note=describe(e), **base)
-    xr, pwr, dwr, br, mr = unpack(ref)
-    y_ref = bsconv_u_reference(xr, pwr, dwr, br, mid_bias=mr, **args)
-    dy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(seed + 1)).to(device=device, dtype=dt)
-    try:
-        with rec:
-            grads = torch.autograd.grad(y, ours, dy)
-    except Exception as e:
-        return ParityResult(status="error", note="backward: " + describe(e), **base)
-    grads_ref = torch.autograd.grad(y_ref, ref, dy.to(torch.float64))
-    # the tolerance rule of bsconv_fused.testing: within twice the two-layer path's own error in this dtype
-    same = [t.detach().clone().requires_grad_(True) for t in leaves]
-    xs, pws, dws, bs, ms = unpack(same)
-    y_same = bsconv_u_reference(xs, pws, dws, bs, mid_bias=ms, **args)
-    grads_same = torch.autograd.grad(y_same, same, dy)
-    tf32 = tf32_in_force(dt, device)
-    errs = [rel_err(a, r) for a, r in zip([y, *grads], [y_ref.detach(), *grads_ref])]
-    tols = [tolerance(dt, tf32, rel_err(a, r)) for a, r in zip([y_same, *grads_same], [y_ref.detach(), *grads_ref])]
-    err = max(errs)
-    notes = []
-    if c.channels_last and not y.is_contiguous(memory_format=torch.channels_last):
-        notes.append("output is not channels_last")
+    notes = list(m.problems)
     if backend != "torch":
         try:
-            rec.assert_ran(backend)
+            m.rec.assert_ran(backend)
         except AssertionError as e:
             notes.append(str(e))
-    over = [f"{e:.1e} > {t:.1e}" for e, t in zip(errs, tols) if not e <= t]
-    notes += over[:1]
+    notes += [f"{k} {e:.1e} > {t:.1e}" for k, (e, t) in list(m.over().items())[:1]]
+    err = max(m.errs.values())
     return ParityResult(status="pass" if not notes else "FAIL", max_err=err, note="; ".join(notes), **base)
 
 

@@ -303,7 +303,10 @@ def bsconv_bwd_w_kernel(
         tl.store(dpw_part + g64 * C_out * dpw_cols + co[:, None] * dpw_cols + ci_loc[None, :], acc_pw,
                  mask=co_ok[:, None] & ci_blk_ok[None, :])
     if NEED_DMID:
-        tl.store(dmid_part + g64 * C_out + co, acc_m, mask=co_ok & (pid_ci == 0))
+        # a branch, not a mask `co_ok & (pid_ci == 0)`: Triton 3.9's interpreter rejects a mask built from a
+        # vector and a scalar comparison ('mask has unsupported dtype')
+        if pid_ci == 0:
+            tl.store(dmid_part + g64 * C_out + co, acc_m, mask=co_ok)
     if LEAD:
         if NEED_DDW:
             tl.store(ddw_part + g64 * C_out * (kh_n * KW) + co[None, :] * (kh_n * KW) + taps[:, None], acc_dw,
