@@ -70,9 +70,11 @@ void dispatch_cpu(at::ScalarType st, Fn&& fn) {
 
 at::Tensor forward_cpu(const at::Tensor& x, const at::Tensor& pw, const at::Tensor& dw,
                        const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mid_bias,
-                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                       int64_t activation) {
   constexpr const char* op = "bsconv_fused::cpp_forward";
   const glue::ConvShape s = glue::check_conv_args(op, x, pw, dw, bias, mid_bias, stride, padding, dilation);
+  glue::check_activation(op, activation);
   check_cpu_dtype(op, x);
   at::Tensor y = at::empty({s.N, s.C_out, s.Ho, s.Wo},
                            x.options().memory_format(glue::output_memory_format(x)));
@@ -82,7 +84,7 @@ at::Tensor forward_cpu(const at::Tensor& x, const at::Tensor& pw, const at::Tens
     using T = decltype(tag);
     cpu::forward<T>(cpu_geometry(s), x.const_data_ptr<T>(), cpu_strides(x), pwc.const_data_ptr<T>(),
                     dwc.const_data_ptr<T>(), ptr_or_null<T>(biasc), ptr_or_null<T>(midc), y.mutable_data_ptr<T>(),
-                    cpu_strides(y));
+                    cpu_strides(y), static_cast<int>(activation));
   });
   return y;
 }
@@ -133,7 +135,7 @@ std::string cuda_refusal(int64_t, int64_t, int64_t, int64_t, int64_t, at::IntArr
 TORCH_LIBRARY(bsconv_fused, m) {
   m.def(
       "cpp_forward(Tensor x, Tensor pw, Tensor dw, Tensor? bias, Tensor? mid_bias, int[] stride, int[] padding, "
-      "int[] dilation) -> Tensor");
+      "int[] dilation, int activation=0) -> Tensor");
   m.def(
       "cpp_backward(Tensor grad_y, Tensor x, Tensor pw, Tensor dw, Tensor? mid_bias, int[] stride, int[] padding, "
       "int[] dilation, bool[] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");

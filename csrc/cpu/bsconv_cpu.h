@@ -25,10 +25,11 @@ struct Strides4 {
   int64_t n, c, h, w;  // in elements
 };
 
-// y = DW(PW(x) + mid_bias) + bias, mid_bias added at in-image positions only.
+// y = act(DW(PW(x) + mid_bias) + bias), mid_bias added at in-image positions only; act is one of the codes of
+// csrc/activation.h (0: none), applied in the accumulation type before the cast to T. The glue validates it.
 template <typename T>
 void forward(const Geometry& g, const T* x, Strides4 xs, const T* pw, const T* dw, const T* bias,
-             const T* mid_bias, T* y, Strides4 ys);
+             const T* mid_bias, T* y, Strides4 ys, int act = 0);
 
 // Gradients of forward(). A null output pointer means "not requested" and skips the work only it needs.
 // Weight gradients are dense and in T: dpw (C_out, C_in), ddw (C_out, kh, kw), dbias (C_out), dmid (C_out).

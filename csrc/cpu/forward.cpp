@@ -11,6 +11,7 @@
 #include <numeric>
 #include <type_traits>
 
+#include "../activation.h"
 #include "strip_utils.h"
 
 namespace bsconv_fused {
@@ -38,6 +39,7 @@ struct DwBlock {
   const A* bias;    // the block's first channel, or nullptr
   A* out;           // output pixel wo at out + wo * out_ld
   int64_t out_ld;
+  int act;          // activation code (csrc/activation.h), applied to the accumulators before they are stored
 };
 
 // Channels per register block: the accumulators of one output pixel stay in vector registers across all taps
@@ -70,6 +72,24 @@ BSCONV_INLINE void dw_pixel(const Geometry& g, const DwBlock<A>& b, int64_t ho, 
       const A* BSCONV_RESTRICT wt = b.dwT + (i * g.kw + j) * Co + o0;
       for (int64_t o = 0; o < n; ++o) acc[o] += wt[o] * t[o];
     }
+  }
+  // The epilogue: one switch per pixel and channel block, a plain loop per case (vectorized by the clones, no
+  // branch per element); act 0 stores the accumulators unchanged.
+  switch (b.act) {
+    case activation::kNone: break;
+    case activation::kRelu:
+      for (int64_t o = 0; o < n; ++o) acc[o] = activation::apply(acc[o], activation::kRelu);
+      break;
+    case activation::kRelu6:
+      for (int64_t o = 0; o < n; ++o) acc[o] = activation::apply(acc[o], activation::kRelu6);
+      break;
+    case activation::kHardswish:
+      for (int64_t o = 0; o < n; ++o) acc[o] = activation::apply(acc[o], activation::kHardswish);
+      break;
+    case activation::kSilu:
+      for (int64_t o = 0; o < n; ++o) acc[o] = activation::apply(acc[o], activation::kSilu);
+      break;
+    default: break;  // unreachable: the glue validates the code
   }
   A* BSCONV_RESTRICT out = b.out + wo * b.out_ld + o0;
   for (int64_t o = 0; o < n; ++o) out[o] = acc[o];
@@ -180,7 +200,7 @@ ForwardSplit plan_forward(const Geometry& g, int64_t threads) {
 
 template <typename T>
 void forward(const Geometry& g, const T* x, Strides4 xs, const T* pw, const T* dw, const T* bias,
-             const T* mid_bias, T* y, Strides4 ys) {
+             const T* mid_bias, T* y, Strides4 ys, int act) {
   using A = acc_t<T>;
   const detail::PackedWeights<T, A> wts(g, pw, dw, bias, mid_bias);
   const int64_t Co = g.C_out;
@@ -212,7 +232,7 @@ void forward(const Geometry& g, const T* x, Strides4 xs, const T* pw, const T* d
       // Channels-last y of the accumulation type: the stencil writes straight into it.
       const bool direct_out = std::is_same<T, A>::value && ys.c == 1;
       DwBlock<A> blk{tbuf, 0, cb, wts.dwT.data() + c0, wts.bias_ptr() != nullptr ? wts.bias_ptr() + c0 : nullptr,
-                     out_buf, cb};
+                     out_buf, cb, act};
       int64_t buf_lo = 0, buf_hi = 0;  // t rows currently held in tbuf
       for (int64_t o0 = o_begin; o0 < o_end; o0 += R) {
         const int64_t o1 = std::min(o_end, o0 + R);
@@ -247,14 +267,14 @@ void forward(const Geometry& g, const T* x, Strides4 xs, const T* pw, const T* d
 }
 
 template void forward<float>(const Geometry&, const float*, Strides4, const float*, const float*, const float*,
-                             const float*, float*, Strides4);
+                             const float*, float*, Strides4, int);
 template void forward<double>(const Geometry&, const double*, Strides4, const double*, const double*,
-                              const double*, const double*, double*, Strides4);
+                              const double*, const double*, double*, Strides4, int);
 template void forward<c10::BFloat16>(const Geometry&, const c10::BFloat16*, Strides4, const c10::BFloat16*,
                                      const c10::BFloat16*, const c10::BFloat16*, const c10::BFloat16*,
-                                     c10::BFloat16*, Strides4);
+                                     c10::BFloat16*, Strides4, int);
 template void forward<c10::Half>(const Geometry&, const c10::Half*, Strides4, const c10::Half*, const c10::Half*,
-                                 const c10::Half*, const c10::Half*, c10::Half*, Strides4);
+                                 const c10::Half*, const c10::Half*, c10::Half*, Strides4, int);
 
 }  // namespace cpu
 }  // namespace bsconv_fused

@@ -43,11 +43,13 @@ constexpr cudaError_t kRefused = cudaErrorNotSupported;
 std::string forward_refusal(const Geometry& g, DType dtype);
 std::string backward_refusal(const Geometry& g, DType dtype);
 
-// y = DW(PW(x) + mid_bias) + bias in one pass. Accumulation in fp32; the intermediate never leaves the chip.
-// allow_tf32: fp32 pointwise GEMM may use TF32 tensor cores (the glue passes torch.backends.cudnn.allow_tf32).
+// y = act(DW(PW(x) + mid_bias) + bias) in one pass. Accumulation in fp32; the intermediate never leaves the chip.
+// activation: a code of csrc/activation.h (0: none), applied in fp32 after the bias, before the cast to y's dtype
+// (the glue validates it). allow_tf32: fp32 pointwise GEMM may use TF32 tensor cores (the glue passes
+// torch.backends.cudnn.allow_tf32).
 cudaError_t forward(const Geometry& g, DType dtype, const void* x, Strides4 x_strides, const void* pw,
                     const void* dw, const void* bias, const void* mid_bias, void* y, Strides4 y_strides,
-                    bool allow_tf32, cudaStream_t stream);
+                    int activation, bool allow_tf32, cudaStream_t stream);
 
 // Bytes of device workspace the backward needs (split-reduction partials); may be 0.
 size_t backward_workspace_bytes(const Geometry& g, DType dtype, bool need_dpw, bool need_ddw, bool need_dbias,

@@ -1,8 +1,9 @@
-// Fused forward: y = DW(PW(x) + mid_bias) + bias in one launch. See README.md for the tiling.
+// Fused forward: y = act(DW(PW(x) + mid_bias) + bias) in one launch. See README.md for the tiling.
 #include <cuda_runtime.h>
 
 #include <string>
 
+#include "../activation.h"
 #include "bsconv_cuda.h"
 #include "common.cuh"
 #include "device.cuh"
@@ -25,9 +26,11 @@ struct FwdArgs {
   const T* mid_bias;
   T* y;
   Strides4 ys;
+  int act;  // activation code (csrc/activation.h)
 };
 
-// Takes one depthwise result: into the staging tile (channels_last output) or straight to y.
+// Takes one depthwise result (bias included), applies the activation epilogue in fp32 and puts it into the staging
+// tile (channels_last output) or straight to y. act is uniform over the grid: the switch never diverges.
 template <typename T>
 struct DwSink {
   const Geometry* g;
@@ -37,7 +40,9 @@ struct DwSink {
   Strides4 ys;
   float* stage;
   bool staged;
+  int act;
   __device__ __forceinline__ void operator()(int o, int ohl, int owl, float v) const {
+    v = activation::apply(v, act);
     if (staged) {
       stage[o * (p->TOPIX + 1) + ohl * p->TOW + owl] = v;
       return;
@@ -143,7 +148,7 @@ __global__ void __launch_bounds__(kThreads, 2) forward_kernel(const FwdArgs<T> a
   // channels_last output: stage the tile in shared memory and store channel-fastest; otherwise store directly,
   // a warp writing consecutive output columns.
   const bool staged = a.ys.c < a.ys.w;
-  const DwSink<T> sink{&g, &p, &c, a.y, a.ys, sm.y, staged};
+  const DwSink<T> sink{&g, &p, &c, a.y, a.ys, sm.y, staged, a.act};
   bool done = false;
   if (g.stride_w == 1 && g.dil_w == 1) {
     done = true;
@@ -201,7 +206,8 @@ std::string forward_plan_refusal(const OutTilePlan& p, const DeviceLimits& d) {
 
 template <typename T, bool TC>
 cudaError_t forward_typed(const Geometry& g, const void* x, Strides4 xs, const void* pw, const void* dw,
-                          const void* bias, const void* mid_bias, void* y, Strides4 ys, cudaStream_t stream) {
+                          const void* bias, const void* mid_bias, void* y, Strides4 ys, int act,
+                          cudaStream_t stream) {
   const DeviceLimits& d = current_device_limits();
   if (!device_refusal(d).empty() || !geometry_refusal(g).empty()) return kRefused;
   const int BN = pick_block_n(g.C_out);
@@ -214,7 +220,8 @@ cudaError_t forward_typed(const Geometry& g, const void* x, Strides4 xs, const v
                static_cast<const T*>(bias),
                static_cast<const T*>(mid_bias),
                static_cast<T*>(y),
-               ys};
+               ys,
+               act};
   if (!forward_plan_refusal(a.p, d).empty()) return kRefused;
   switch (BN) {
     case 16:
@@ -244,18 +251,21 @@ std::string forward_refusal(const Geometry& g, DType dtype) {
 
 cudaError_t forward(const Geometry& g, DType dtype, const void* x, Strides4 x_strides, const void* pw,
                     const void* dw, const void* bias, const void* mid_bias, void* y, Strides4 y_strides,
-                    bool allow_tf32, cudaStream_t stream) {
+                    int activation, bool allow_tf32, cudaStream_t stream) {
   using namespace detail;
+  if (activation < 0 || activation >= bsconv_fused::activation::kCount) return cudaErrorInvalidValue;
   switch (dtype) {
     case DType::kFloat16:
-      return forward_typed<__half, true>(g, x, x_strides, pw, dw, bias, mid_bias, y, y_strides, stream);
+      return forward_typed<__half, true>(g, x, x_strides, pw, dw, bias, mid_bias, y, y_strides, activation, stream);
     case DType::kBFloat16:
-      return forward_typed<__nv_bfloat16, true>(g, x, x_strides, pw, dw, bias, mid_bias, y, y_strides, stream);
+      return forward_typed<__nv_bfloat16, true>(g, x, x_strides, pw, dw, bias, mid_bias, y, y_strides, activation,
+                                                stream);
     case DType::kFloat32:
       if (allow_tf32) {
-        return forward_typed<float, true>(g, x, x_strides, pw, dw, bias, mid_bias, y, y_strides, stream);
+        return forward_typed<float, true>(g, x, x_strides, pw, dw, bias, mid_bias, y, y_strides, activation,
+                                          stream);
       }
-      return forward_typed<float, false>(g, x, x_strides, pw, dw, bias, mid_bias, y, y_strides, stream);
+      return forward_typed<float, false>(g, x, x_strides, pw, dw, bias, mid_bias, y, y_strides, activation, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <optional>
 
+#include "../activation.h"
+
 namespace bsconv_fused {
 namespace glue {
 
@@ -28,6 +30,13 @@ inline void check_pair(const char* op, const char* name, at::IntArrayRef v, int6
   TORCH_CHECK_VALUE(v.size() == 2, op, ": ", name, " must have 2 entries (height, width), got ", v.size());
   TORCH_CHECK_VALUE(v[0] >= minimum && v[1] >= minimum, op, ": ", name, " must be >= ", minimum,
                     " in every dimension, got ", v);
+}
+
+// The forward's activation code (csrc/activation.h; bsconv_fused/activation.py maps the names).
+inline void check_activation(const char* op, int64_t activation) {
+  TORCH_CHECK_VALUE(activation::valid(activation), op,
+                    ": activation must be one of 0 (none), 1 (relu), 2 (relu6), 3 (hardswish), 4 (silu), got ",
+                    activation);
 }
 
 inline void check_float_tensor(const char* op, const char* name, const at::Tensor& t) {

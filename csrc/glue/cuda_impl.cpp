@@ -92,9 +92,11 @@ bool deterministic_requested() {
 
 at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& pw, const at::Tensor& dw,
                         const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mid_bias,
-                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                        int64_t activation) {
   constexpr const char* op = "bsconv_fused::cpp_forward";
   const glue::ConvShape s = glue::check_conv_args(op, x, pw, dw, bias, mid_bias, stride, padding, dilation);
+  glue::check_activation(op, activation);
   check_cuda_args(op, x, s);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y =
@@ -107,7 +109,8 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& pw, const at::Ten
   const cuda::DType dtype = cuda_dtype(x.scalar_type());
   const cudaError_t err = cuda::forward(g, dtype, x.const_data_ptr(), cuda_strides(x), pwc.const_data_ptr(),
                                         dwc.const_data_ptr(), ptr_or_null(biasc), ptr_or_null(midc),
-                                        y.mutable_data_ptr(), cuda_strides(y), allow_tf32, stream);
+                                        y.mutable_data_ptr(), cuda_strides(y), static_cast<int>(activation),
+                                        allow_tf32, stream);
   if (err == cuda::kRefused) raise_refused(op, cuda::forward_refusal(g, dtype));
   C10_CUDA_CHECK(err);
   return y;

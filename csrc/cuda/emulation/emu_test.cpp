@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../../activation.h"
 #include "bsconv_cuda.h"
 #include "emu_runtime.h"
 #include "out_tile.cuh"
@@ -148,8 +149,12 @@ bool check(const char* what, const std::vector<double>& ref, const std::vector<d
   return ok;
 }
 
+const char* const kActNames[] = {"", " relu", " relu6", " hardswish", " silu"};
+
+// act: the forward's activation epilogue (csrc/activation.h), checked against act applied in float64 to the
+// reference y; the gradients are those of the op without it (the epilogue is inference-only), checked as always.
 template <typename T>
-bool run_case(const Case& k, DType dt, bool tf32, bool deterministic, double tol, uint32_t seed) {
+bool run_case(const Case& k, DType dt, bool tf32, bool deterministic, double tol, uint32_t seed, int act = 0) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1.f, 1.f);
   Geometry g{};
@@ -172,7 +177,7 @@ bool run_case(const Case& k, DType dt, bool tf32, bool deterministic, double tol
   };
   fill(pw, pwd, 1.0f / std::sqrt(float(k.C_in)));
   fill(dw, dwd, 1.0f / k.kh);
-  fill(bias, bd, 1.0f);
+  fill(bias, bd, act != 0 ? 8.0f : 1.0f);  // with an activation: outputs beyond -3 and 6, every clamp bites
   fill(mid, md, 1.0f);
   for (int n = 0; n < k.N; ++n)
     for (int c = 0; c < k.C_in; ++c)
@@ -190,10 +195,12 @@ bool run_case(const Case& k, DType dt, bool tf32, bool deterministic, double tol
           gy.at(n, c, h, w) = v;
           gyd[((size_t(n) * k.C_out + c) * g.Ho + h) * g.Wo + w] = tof(v);
         }
-  const Ref r = reference(k, g.Ho, g.Wo, xd, pwd, dwd, bd, md, gyd);
+  Ref r = reference(k, g.Ho, g.Wo, xd, pwd, dwd, bd, md, gyd);
+  std::vector<double> y_ref = r.y;
+  for (double& v : y_ref) v = bsconv_fused::activation::apply(v, act);
 
   cudaError_t e = forward(g, dt, x.data(), x.s, pw.data(), dw.data(), k.bias ? bias.data() : nullptr,
-                          k.mid ? mid.data() : nullptr, y.data(), y.s, tf32, nullptr);
+                          k.mid ? mid.data() : nullptr, y.data(), y.s, act, tf32, nullptr);
   if (e != cudaSuccess) {
     std::printf("FAIL %s forward returned %d\n", k.name, int(e));
     return false;
@@ -230,9 +237,9 @@ bool run_case(const Case& k, DType dt, bool tf32, bool deterministic, double tol
   };
   auto tod = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
   const std::string tag = std::string(k.name) + (dt == DType::kFloat16 ? " fp16" : dt == DType::kBFloat16 ? " bf16" : tf32 ? " tf32" : " fp32") +
-                          (deterministic ? " det" : " atomic");
+                          (deterministic ? " det" : " atomic") + kActNames[act];
   bool ok = true;
-  ok &= check("y", r.y, yg, tol, tag);
+  ok &= check("y", y_ref, yg, tol, tag);
   ok &= check("dx", r.dx, dxg, tol, tag);
   ok &= check("dpw", r.dpw, tod(dpw), tol, tag);
   ok &= check("ddw", r.ddw, tod(ddw), tol, tag);
@@ -286,8 +293,8 @@ int main(int argc, char** argv) {
     g.N = 1; g.C_in = 8; g.C_out = 8; g.H = g.W = 250; g.kh = g.kw = 7; g.stride_h = g.stride_w = 1;
     g.pad_h = g.pad_w = 0; g.dil_h = g.dil_w = 40; g.Ho = g.Wo = 250 - 240;
     const Strides4 s{0, 0, 0, 0};
-    const cudaError_t f = forward(g, DType::kFloat16, nullptr, s, nullptr, nullptr, nullptr, nullptr, nullptr, s, false,
-                                  nullptr);
+    const cudaError_t f = forward(g, DType::kFloat16, nullptr, s, nullptr, nullptr, nullptr, nullptr, nullptr, s, 0,
+                                  false, nullptr);
     float dummy = 0;
     const cudaError_t b = backward(g, DType::kFloat16, nullptr, s, nullptr, s, nullptr, nullptr, nullptr, nullptr, s,
                                    nullptr, &dummy, nullptr, nullptr, nullptr, 0, false, false, nullptr);
@@ -301,8 +308,8 @@ int main(int argc, char** argv) {
     h.pad_h = h.pad_w = 30000; h.dil_h = h.dil_w = 10000; h.Ho = h.Wo = 1;
     const std::string hr = forward_refusal(h, DType::kFloat16);
     std::printf("dilation 10000, padding 30000: forward -> %d: %s\n",
-                int(forward(h, DType::kFloat16, nullptr, s, nullptr, nullptr, nullptr, nullptr, nullptr, s, false,
-                            nullptr)),
+                int(forward(h, DType::kFloat16, nullptr, s, nullptr, nullptr, nullptr, nullptr, nullptr, s, 0,
+                            false, nullptr)),
                 hr.c_str());
     ok = ok && !hr.empty();
     // Spans beyond 2^30 pixels.
@@ -344,6 +351,21 @@ int main(int argc, char** argv) {
     fails += !run_case<float>(k, DType::kFloat32, true, false, 5e-3, seed++);
     fails += !run_case<__half>(k, DType::kFloat16, true, false, 5e-3, seed++);
     fails += !run_case<__nv_bfloat16>(k, DType::kBFloat16, true, true, 3e-2, seed++);
+  }
+  // The activation epilogue: every code through both store paths (direct NCHW / view stores and the
+  // channels_last staging tile), the unit-stride run stencil and the generic one (stride 2), in strict fp32 (the
+  // epilogue's own error shows) and bf16 (rounded after the activation).
+  const Case act_cases[] = {
+      {"act_nchw", 1, 8, 24, 9, 11, 3, 3, 1, 1, 1, 1, 1, 1, true, true, 0, 0},
+      {"act_cl_s2", 1, 12, 40, 11, 9, 3, 3, 2, 2, 1, 1, 1, 1, true, true, 1, 1},
+      {"act_view", 1, 6, 10, 7, 8, 3, 3, 1, 1, 1, 1, 1, 1, true, false, 2, 2},
+  };
+  for (const Case& k : act_cases) {
+    if (!filter.empty() && std::string(k.name).find(filter) == std::string::npos) continue;
+    for (int act = 1; act < bsconv_fused::activation::kCount; ++act) {
+      fails += !run_case<float>(k, DType::kFloat32, false, true, 1e-5, seed++, act);
+      fails += !run_case<__nv_bfloat16>(k, DType::kBFloat16, true, true, 3e-2, seed++, act);
+    }
   }
   // 64-bit offsets: x, dx and y with images 2^30+64 elements apart (N=3: the third image starts past 2^31), fp16.
   const Case big = {"offsets64", 3, 4, 16, 3, 5, 3, 3, 1, 1, 1, 1, 1, 1, true, true, 3, 3};
