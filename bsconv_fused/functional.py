@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from . import activation as _act
 from . import backends
 from ._shapes import IntOrPair, pw_as_matrix, validate
 from .reference import bsconv_u_dense, bsconv_u_reference
@@ -31,8 +32,9 @@ def bsconv_u(
     *,
     mid_bias: Optional[torch.Tensor] = None,
     backend: str = "auto",
+    activation: Optional[str] = None,
 ) -> torch.Tensor:
-    """Blueprint separable convolution: y = DW(PW(x) + mid_bias) + bias, fused where a backend can run it.
+    """Blueprint separable convolution: y = act(DW(PW(x) + mid_bias) + bias), fused where a backend can run it.
 
     Args:
         x: (N, C_in, H, W), float16 / bfloat16 / float32 (float64 runs the two-layer path on GPUs); NCHW,
@@ -44,9 +46,14 @@ def bsconv_u(
         mid_bias: optional (C_out,) bias added to the intermediate at in-image positions only (the depthwise zero
             padding stays zero): what folding an eval-mode BatchNorm between the two convs needs.
         backend: "auto", "triton", "cuda", "cpu" or "torch" (see bsconv_fused.backends).
+        activation: None / "none", "relu", "relu6", "hardswish" or "silu", applied to y. The fused backends run it
+            in their kernels' epilogue (fp32, before the cast to y's dtype) when no gradient is needed; when
+            autograd will need one (grad mode on and a tensor argument requiring grad) it runs as the torch function
+            after the fused op, so the gradients are exact. "torch" applies the torch function.
     """
     if backend not in backends.CHOICES:
         raise ValueError(f"backend must be one of {backends.CHOICES}, got {backend!r}")
+    act = _act.code_of(activation)
     low = _autocast_dtype(x) if isinstance(x, torch.Tensor) else None
     if low is not None:
         # fp32 operands go down to the autocast dtype, whichever of them arrives already lowered (x often does,
@@ -61,6 +68,12 @@ def bsconv_u(
     else:
         name = backends.choose(backend, x, g)
     if name == "torch":
-        return bsconv_u_reference(x, pw_weight, dw_weight, bias, g.stride, g.padding, g.dilation, mid_bias=mid_bias)
+        y = bsconv_u_reference(x, pw_weight, dw_weight, bias, g.stride, g.padding, g.dilation, mid_bias=mid_bias)
+        return _act.apply(y, act)
     op = backends.TABLE[name].forward_op()
-    return op(x, pw_as_matrix(pw_weight), dw_weight, bias, mid_bias, list(g.stride), list(g.padding), list(g.dilation))
+    args = (x, pw_as_matrix(pw_weight), dw_weight, bias, mid_bias, list(g.stride), list(g.padding), list(g.dilation))
+    if act != 0 and torch.is_grad_enabled() and any(
+            isinstance(t, torch.Tensor) and t.requires_grad for t in (x, pw_weight, dw_weight, bias, mid_bias)):
+        # The epilogue has no backward (ops.register_pair refuses it): the activation runs as a torch op instead.
+        return _act.apply(op(*args), act)
+    return op(*args, act) if act != 0 else op(*args)

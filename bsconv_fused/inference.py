@@ -7,9 +7,11 @@ What is folded, all exact in eval mode:
 - BSConvS's two pointwise convs into one (``pw = diag(s2) W2 diag(s1) W1``);
 - a BatchNorm2d applied right after the layer into the depthwise weight and bias (a per-channel affine map after
   a per-channel conv: ``s * (dw * t + b) + h = (s dw) * t + (s b + h)``);
-- a following activation (ReLU, ReLU6, Hardswish, SiLU) is moved into the fused layer's ``activation`` attribute and
-  applied right after the op. It is kept as its own module for now: the kernels get an epilogue for it once the
-  Triton redesign has landed, and ``FusedBSConv.activation`` is what that epilogue will take.
+- a following activation (ReLU, ReLU6, Hardswish, SiLU) is moved into the fused layer: it runs in the fused
+  kernels' epilogue (``bsconv_u(..., activation=name)``: applied to the fp32 accumulator after the bias, before
+  the cast to y's dtype), so it costs no extra pass over y. ``FusedBSConv.activation`` keeps the module (repr,
+  compatibility); the name the kernels get is derived from its type. Where autograd needs gradients, and on the
+  "torch" backend, the activation runs as the torch function after the op instead (exact gradients).
 
 "Right after" is known only where the container's forward runs its children in order: ``nn.Sequential``, the model
 zoo's ``ConvUnit`` (conv, bn, activation), or any module that lists its children in order in an ``_inference_chain``
@@ -29,6 +31,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
+from .activation import module_name
 from .bn_stats import eval_scale_shift
 from .functional import bsconv_u
 from .modules import BSConvS, BSConvU, _BSConvBase, _fold_dtype
@@ -41,8 +44,10 @@ FUSABLE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU)
 class FusedBSConv(nn.Module):
     """y = activation(DW(PW(x) + mid_bias) + bias) with folded, frozen weights: the output of fuse_for_inference.
 
-    ``activation`` (None or one of FUSABLE_ACTIVATIONS) runs after the fused op for now; it is the slot a kernel
-    epilogue will take. The tensors are parameters with requires_grad=False so ``.to()``/``.half()`` move them."""
+    ``activation`` (None or one of FUSABLE_ACTIVATIONS) runs in the fused op's epilogue when it is exactly an
+    nn.ReLU, nn.ReLU6, nn.Hardswish or nn.SiLU (bsconv_fused/activation.py maps the type to the kernels' name); a
+    subclass runs as its own module after the op. The tensors are parameters with requires_grad=False so
+    ``.to()``/``.half()`` move them."""
 
     def __init__(self, pw_weight: torch.Tensor, mid_bias: Optional[torch.Tensor], dw_weight: torch.Tensor,
                  bias: Optional[torch.Tensor], stride: Tuple[int, int], padding: Tuple[int, int],
@@ -56,10 +61,16 @@ class FusedBSConv(nn.Module):
         self.backend = backend
         self.activation = activation
 
+    @property
+    def activation_name(self) -> Optional[str]:
+        """The epilogue name of ``activation`` ("none" without one), or None when it must run as its own module."""
+        return module_name(self.activation)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        name = self.activation_name
         y = bsconv_u(x, self.pw_weight, self.dw_weight, self.bias, self.stride, self.padding, self.dilation,
-                     mid_bias=self.mid_bias, backend=self.backend)
-        return y if self.activation is None else self.activation(y)
+                     mid_bias=self.mid_bias, backend=self.backend, activation=name or "none")
+        return self.activation(y) if name is None else y
 
     def extra_repr(self) -> str:
         c_out, c_in = self.pw_weight.shape[:2]

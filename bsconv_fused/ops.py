@@ -2,7 +2,8 @@
 
 Each fused backend contributes a pair of ops in the ``bsconv_fused`` namespace with the same schemas:
 
-    <name>_forward(x, pw[C_out, C_in], dw[C_out, 1, kh, kw], bias?, mid_bias?, stride[2], padding[2], dilation[2]) -> y
+    <name>_forward(x, pw[C_out, C_in], dw[C_out, 1, kh, kw], bias?, mid_bias?, stride[2], padding[2],
+                   dilation[2], activation=0) -> y
     <name>_backward(grad_y, x, pw, dw, mid_bias?, stride, padding, dilation, output_mask[5]) -> (dx, dpw, ddw, dbias, dmid)
 
 The Triton pair is defined here in Python; the extension's ``cpp_forward`` / ``cpp_backward`` are declared in C++
@@ -12,6 +13,10 @@ Contracts shared by every pair (the fake kernels below encode them, the real ker
 - y and dx take x's memory format (channels_last stays channels_last); weight gradients are dense, in the weight dtype.
 - a gradient whose output_mask entry is False comes back as an empty (0,) tensor: custom ops cannot return None.
 - the forward saves x and the weights, never the intermediate: the backward recomputes it.
+- ``activation`` (a code of bsconv_fused/activation.py, 0: none) is the forward's inference epilogue,
+  y = act(DW(PW(x) + mid_bias) + bias). The backward ops compute the gradients of the op without it, so autograd
+  through a forward called with an activation raises when it is recorded (bsconv_u runs the activation as a torch
+  op when gradients are needed).
 """
 from __future__ import annotations
 
@@ -51,7 +56,7 @@ def backward_outputs_like(x, pw, dw, mid_bias, output_mask) -> Tuple[torch.Tenso
     return tuple(outs)
 
 
-def _fake_forward(x, pw, dw, bias, mid_bias, stride, padding, dilation):
+def _fake_forward(x, pw, dw, bias, mid_bias, stride, padding, dilation, activation=0):
     return empty_output(x, forward_out_shape(x, dw, stride, padding, dilation))
 
 
@@ -83,7 +88,17 @@ def register_pair(forward_op, backward_op, *, register_fake: bool) -> None:
         torch.library.register_fake(backward_op)(_fake_backward)
 
     def setup_context(ctx, inputs, output):
-        x, pw, dw, bias, mid_bias, stride, padding, dilation = inputs
+        # Called only when autograd records the op (grad mode on and an input requiring grad).
+        x, pw, dw, bias, mid_bias, stride, padding, dilation, activation = inputs
+        if activation != 0:
+            # The epilogue is inference-only: the backward ops compute the gradients of the op without it, and the
+            # activation's own gradient needs its input, which the op never keeps. Refuse here, before a backward
+            # could return the gradients of another function.
+            raise RuntimeError(
+                f"{forward_op}: activation={activation} (the inference epilogue) has no gradients, but an input "
+                f"requires grad: call the op with activation=0 and apply the activation after it (what "
+                f"bsconv_fused.functional.bsconv_u(..., activation=...) does when gradients are needed), or run "
+                f"under torch.no_grad() / torch.inference_mode()")
         ctx.save_for_backward(x, pw, dw, mid_bias)
         ctx.conv_args = (list(stride), list(padding), list(dilation))
         ctx.has_bias = bias is not None
@@ -94,7 +109,7 @@ def register_pair(forward_op, backward_op, *, register_fake: bool) -> None:
         need[3] = need[3] and ctx.has_bias
         need[4] = need[4] and mid_bias is not None
         if not any(need):
-            return (None,) * 8
+            return (None,) * 9
         if torch.is_grad_enabled():
             # create_graph=True (double backward: gradient penalties, Hessian-vector products): the fused backward
             # op has no derivative of its own, so this pass runs the two-layer path's differentiable backward on
@@ -102,7 +117,7 @@ def register_pair(forward_op, backward_op, *, register_fake: bool) -> None:
             grads = _differentiable_backward(grad_y, x, pw, dw, mid_bias, ctx.conv_args, need)
         else:
             grads = backward_op(grad_y, x, pw, dw, mid_bias, *ctx.conv_args, need)
-        return tuple(g if n else None for g, n in zip(grads, need)) + (None, None, None)
+        return tuple(g if n else None for g, n in zip(grads, need)) + (None, None, None, None)
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
@@ -112,10 +127,11 @@ def register_pair(forward_op, backward_op, *, register_fake: bool) -> None:
 def triton_forward(
     x: torch.Tensor, pw: torch.Tensor, dw: torch.Tensor, bias: Optional[torch.Tensor],
     mid_bias: Optional[torch.Tensor], stride: List[int], padding: List[int], dilation: List[int],
+    activation: int = 0,
 ) -> torch.Tensor:
     from .triton import launch
 
-    return launch.forward(x, pw, dw, bias, mid_bias, tuple(stride), tuple(padding), tuple(dilation))
+    return launch.forward(x, pw, dw, bias, mid_bias, tuple(stride), tuple(padding), tuple(dilation), activation)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::triton_backward", mutates_args=())

@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .activation import apply as apply_activation
 from .reference import bsconv_u_reference
 
 GRAD_NAMES = ("x", "pw_weight", "dw_weight", "bias", "mid_bias")
@@ -104,11 +105,14 @@ class Case:
     requires: Tuple[bool, ...] = (True, True, True, True, True)
     dtype: torch.dtype = torch.float32
     extra: dict = field(default_factory=dict)
+    # the forward's activation (bsconv_fused/activation.py): passed to fn as activation=... unless "none", applied
+    # to every reference
+    activation: str = "none"
 
     def __str__(self):
         return (f"N{self.N} {self.C_in}->{self.C_out} {self.H}x{self.W} k{self.k} s{self.stride} p{self.padding} "
                 f"d{self.dilation} b{int(self.bias)}m{int(self.mid)} {self.layout} {self.grad_layout} "
-                f"{str(self.dtype)[6:]}")
+                f"{str(self.dtype)[6:]}" + (f" {self.activation}" if self.activation != "none" else ""))
 
 
 def make_inputs(c: Case, device, generator: Optional[torch.Generator] = None):
@@ -160,12 +164,23 @@ class OpRecorder(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.ops: List[str] = []
+        self.calls: List[Tuple[str, tuple, dict]] = []  # (op, args, kwargs) of every recorded op
         self.triton_launches = 0
+        self.triton_meta: List[dict] = []  # the compile-time parameters of every Triton launch
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if getattr(func, "namespace", "") == "bsconv_fused":
             self.ops.append(str(func))
+            self.calls.append((str(func), tuple(args), dict(kwargs or {})))
         return func(*args, **(kwargs or {}))
+
+    def forward_activations(self) -> List[int]:
+        """The activation code each recorded forward op received (0 where the argument was left at its default)."""
+        out = []
+        for name, args, kwargs in self.calls:
+            if name.endswith("_forward.default"):
+                out.append(int(args[8]) if len(args) > 8 else int(kwargs.get("activation", 0)))
+        return out
 
     def __enter__(self):
         try:
@@ -178,6 +193,7 @@ class OpRecorder(TorchDispatchMode):
 
             def counted(launch_self):
                 self.triton_launches += 1
+                self.triton_meta.append(dict(launch_self.meta))
                 return run(launch_self)
 
             launch.Launch.run = counted
@@ -205,7 +221,8 @@ def reference64(c: Case, leaves, gy: Optional[torch.Tensor]):
     d = lambda t: None if t is None else t.detach().double().requires_grad_(t.requires_grad)  # noqa: E731
     rleaves = [d(t) for t in leaves]
     rx, rpw, rdw, rb, rm = rleaves
-    ref = bsconv_u_reference(rx, rpw, rdw, rb, c.stride, c.padding, c.dilation, mid_bias=rm)
+    ref = apply_activation(bsconv_u_reference(rx, rpw, rdw, rb, c.stride, c.padding, c.dilation, mid_bias=rm),
+                           c.activation)
     grads = {}
     want = [(n, r) for n, r in zip(GRAD_NAMES, rleaves) if r is not None and r.requires_grad]
     if want and gy is not None:
@@ -216,7 +233,8 @@ def reference64(c: Case, leaves, gy: Optional[torch.Tensor]):
 
 def _run(fn: Callable, c: Case, leaves, gy_fn) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
     x, pw, dw, bias, mid = leaves
-    y = fn(x, pw, dw, bias, c.stride, c.padding, c.dilation, mid_bias=mid)
+    act = {} if c.activation == "none" else {"activation": c.activation}
+    y = fn(x, pw, dw, bias, c.stride, c.padding, c.dilation, mid_bias=mid, **act)
     gy = gy_fn(y)
     want = [(n, t) for n, t in zip(GRAD_NAMES, leaves) if t is not None and t.requires_grad]
     grads = {}
@@ -242,10 +260,11 @@ class Measurement:
 
 
 def measure(c: Case, fn: Callable, device, *, generator: Optional[torch.Generator] = None) -> Measurement:
-    """Run fn(x, pw, dw, bias, stride, padding, dilation, mid_bias=...) on case c, the two-layer path on the same
-    inputs in the same dtype, and the float64 oracle; return the errors, the tolerances of the rule above and the
-    contract violations. Raises only what fn raises. :func:`check` (tests) asserts on it; the main job's parity
-    report (bsconv_fused.bench.parity) turns it into a status line."""
+    """Run fn(x, pw, dw, bias, stride, padding, dilation, mid_bias=...[, activation=...]) on case c, the two-layer
+    path on the same inputs in the same dtype, and the float64 oracle (both with c.activation applied); return
+    the errors, the tolerances of the rule above and the contract violations. Raises only what fn raises.
+    :func:`check` (tests) asserts on it; the main job's parity report (bsconv_fused.bench.parity) turns it into a
+    status line."""
     leaves = make_inputs(c, device, generator)
     gy_holder = {}
 
@@ -259,7 +278,8 @@ def measure(c: Case, fn: Callable, device, *, generator: Optional[torch.Generato
         y, grads, gy = _run(fn, c, leaves, gy_fn)
     # the same dtype through the two-layer path, for the tolerance rule (fresh leaves: same values)
     same = [None if t is None else t.detach().clone().requires_grad_(t.requires_grad) for t in leaves]
-    y2, grads2, _ = _run(lambda *a, **k: bsconv_u_reference(*a, **k), c, same, gy_fn)
+    y2, grads2, _ = _run(lambda *a, activation="none", **k: apply_activation(bsconv_u_reference(*a, **k), activation),
+                         c, same, gy_fn)
     ref, rgrads = reference64(c, leaves, gy)
 
     problems = []
@@ -292,7 +312,8 @@ def measure(c: Case, fn: Callable, device, *, generator: Optional[torch.Generato
 
 
 def check(c: Case, fn: Callable, device, *, backend: Optional[str] = None) -> Dict[str, float]:
-    """Run fn(x, pw, dw, bias, stride, padding, dilation, mid_bias=...) on case c and hold it against float64.
+    """Run fn(x, pw, dw, bias, stride, padding, dilation, mid_bias=...[, activation=...]) on case c and hold it
+    against float64.
 
     backend: the fused backend fn is expected to run ("triton", "cpu", "cuda"); asserted through OpRecorder, so a
     call that quietly takes the two-layer path fails. None only for the two-layer path itself.

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("triton")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ACT = {"silu": 4, "hardswish": 3}  # bsconv_fused/activation.py's codes
 
 
 def _compile(args):
@@ -59,3 +60,15 @@ def test_other_geometries_sm90_bf16_lead_without_stack(other_geometries_sm90_bf1
     _, rows = other_geometries_sm90_bf16
     lead = [r for r in rows if "case=2" in r and "lead=True" in r]
     assert lead and all(" stack=0 " in r for r in lead), lead
+
+
+@pytest.mark.parametrize("act", ["silu", "hardswish"])
+def test_forward_with_activation_epilogue_sm90(act):
+    # the epilogue is one more constexpr variant of each forward kernel: it must compile without spills too (silu
+    # and hardswish are the longest epilogues); the main case and the deep 7x7 case, every dtype
+    out = _compile(["--arch", "90", "--dtype", "float32", "float16", "bfloat16", "--case", "0", "3",
+                    "--activation", act])
+    rows = [line for line in out.splitlines() if "kernel=" in line]
+    assert len(rows) == 6 and "compiled 6 kernels" in out, out
+    assert all("kernel=bsconv_fwd_" in r and f" act={ACT[act]} " in r for r in rows), out
+    assert all(" stack=0 " in r for r in rows), "\n".join(rows)

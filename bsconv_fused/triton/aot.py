@@ -24,6 +24,8 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 
+from ..activation import ACTIVATION_CODES
+
 
 def compile_launch(launch, arch: int):
     """Compile one Launch for sm_<arch> exactly as the JIT would specialise it at run time; returns the compiled
@@ -94,7 +96,9 @@ def suite_cases() -> List[dict]:
     ]
 
 
-def launches_for(case: dict, dtype: torch.dtype):
+def launches_for(case: dict, dtype: torch.dtype, activation: int = 0):
+    """The launches of one case: forward and backward, or with an activation epilogue (which only the forward
+    kernels take) the forward alone."""
     from .launch import backward_launches, forward_launches
 
     dev = "meta"
@@ -105,26 +109,29 @@ def launches_for(case: dict, dtype: torch.dtype):
     dw = torch.empty(case["C_out"], 1, *case["k"], dtype=dtype, device=dev)
     bias = torch.empty(case["C_out"], dtype=dtype, device=dev) if case["bias"] else None
     mid = torch.empty(case["C_out"], dtype=dtype, device=dev) if case["mid"] else None
-    y, fwd = forward_launches(x, pw, dw, bias, mid, case["stride"], case["padding"], case["dilation"])
+    y, fwd = forward_launches(x, pw, dw, bias, mid, case["stride"], case["padding"], case["dilation"], activation)
+    if activation:
+        return fwd
     bwd, _ = backward_launches(torch.empty_like(y), x, pw, dw, mid, case["stride"], case["padding"],
                                case["dilation"], (True, True, True, case["bias"], case["mid"]))
     return fwd + bwd
 
 
 def compile_suite(archs: Iterable[int], dtypes: Iterable[torch.dtype], cases: Iterable[int] = (0,),
-                  verbose: bool = True) -> List[dict]:
+                  verbose: bool = True, activation: int = 0) -> List[dict]:
     rows = []
     all_cases = suite_cases()
     for arch in archs:
         for dtype in dtypes:
             for i in cases:
                 case = all_cases[i]
-                for launch in launches_for(case, dtype):
+                for launch in launches_for(case, dtype, activation):
                     t0 = time.perf_counter()
                     k = compile_launch(launch, arch)
                     md = k.metadata
                     row = dict(arch=arch, dtype=str(dtype).replace("torch.", ""), case=i,
                                kernel=launch.kernel.__name__, lead=launch.meta.get("LEAD"),
+                               act=launch.meta.get("ACT"),
                                shared_bytes=md.shared, **resource_usage(k),
                                seconds=round(time.perf_counter() - t0, 2))
                     rows.append(row)
@@ -139,9 +146,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", nargs="+", default=["float32", "float16", "bfloat16"])
     ap.add_argument("--case", type=int, nargs="+", default=None,
                     help=f"indices into suite_cases() (default: all {len(suite_cases())}; 0 is the 3x3 main case)")
+    ap.add_argument("--activation", default="none", choices=list(ACTIVATION_CODES),
+                    help="compile the forward kernels with this activation epilogue (the forward launches only)")
     args = ap.parse_args(argv)
     cases = args.case if args.case is not None else range(len(suite_cases()))
-    rows = compile_suite(args.arch, [getattr(torch, d) for d in args.dtype], cases)
+    rows = compile_suite(args.arch, [getattr(torch, d) for d in args.dtype], cases,
+                         activation=ACTIVATION_CODES[args.activation])
     print(f"compiled {len(rows)} kernels")
     return 0
 

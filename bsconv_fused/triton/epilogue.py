@@ -10,8 +10,9 @@ than tl.maximum, whose default NaN policy is unspecified.
 import triton
 import triton.language as tl
 
-# name (as in bsconv_fused's ``activation=`` arguments) -> code passed to the kernels as ACT
-ACTIVATION_CODES = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4}
+# name (as in bsconv_fused's ``activation=`` arguments) -> code passed to the kernels as ACT; defined once for every
+# backend in bsconv_fused/activation.py (the extension's copy, csrc/activation.h, is checked against it by the tests)
+from ..activation import ACTIVATION_CODES  # noqa: F401  (re-exported)
 
 
 @triton.jit

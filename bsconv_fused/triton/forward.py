@@ -1,4 +1,4 @@
-"""Fused BSConvU forward kernels: y = DW(PW(x) + mid_bias) + bias in one launch.
+"""Fused BSConvU forward kernels: y = act(DW(PW(x) + mid_bias) + bias) in one launch.
 
 The default is bsconv_fwd_staged_kernel (design, cost model and static sm_90 predictions: docs/triton-kernels.md):
 a persistent grid; per tile, the pointwise conv runs once on the tile's input halo (tl.dot, fp32 accumulation), the
@@ -16,8 +16,8 @@ element and tap against the staged kernel's 1.75:
      then a horizontal gather along short axes;
    - bsconv_fwd_flat_kernel: any halo extents flattened to a power-of-two lane count, one gather per tap.
 Common to all: mid_bias is added at in-image halo pixels only; out-of-image pixels are 0 because x is loaded as 0
-there, so the depthwise zero padding is exact; bias epilogue; y stored in its own strides (NCHW, channels_last, any
-view).
+there, so the depthwise zero padding is exact; bias and activation epilogue (ACT, epilogue.py: fp32, before the
+cast to y's dtype); y stored in its own strides (NCHW, channels_last, any view).
 
 Traffic, counted through the interpreter (benchmarks/results/traffic.md, N=1, fp32, real channel counts):
 | layer              | unique / (x + weights + y) | requested / bound | dot FLOPs / pointwise FLOPs |
@@ -37,6 +37,8 @@ halo in 128 lanes. Regenerate: `python -m bsconv_fused.bench.traffic_report --ma
 """
 import triton
 import triton.language as tl
+
+from .epilogue import apply_activation
 
 
 @triton.jit
@@ -103,7 +105,7 @@ def bsconv_fwd_kernel(
     TH: tl.constexpr, TW: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
     OUT_H: tl.constexpr, OUT_W: tl.constexpr,
     BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_MID: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_MID: tl.constexpr, ACT: tl.constexpr,
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     """The separable-gather forward: power-of-two halo extents, the intermediate as a (rows, cols, co) tile."""
@@ -131,6 +133,7 @@ def bsconv_fwd_kernel(
             acc += g * wv[None, None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, None, :]
+    acc = apply_activation(acc, ACT)  # the epilogue (epilogue.py): code 0 compiles to nothing
 
     oh = oh0 + orow
     ow = ow0 + ocol
@@ -155,7 +158,7 @@ def bsconv_fwd_flat_kernel(
     TH: tl.constexpr, TW: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
     HALO_LANES: tl.constexpr, OUT_LANES: tl.constexpr,
     BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_MID: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_MID: tl.constexpr, ACT: tl.constexpr,
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     """The flat-gather forward: any halo extents (flattened to HALO_LANES, a power of two), one gather per tap.
@@ -183,6 +186,7 @@ def bsconv_fwd_flat_kernel(
         acc += g * wv[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
+    acc = apply_activation(acc, ACT)
 
     oh = oh0 + orow
     ow = ow0 + ocol
@@ -207,7 +211,7 @@ def bsconv_fwd_staged_kernel(
     TILES_W: tl.constexpr, TILES_PER_IMG: tl.constexpr, CO_BLOCKS: tl.constexpr,
     UNROLL_KW: tl.constexpr, ROW_TAPS: tl.constexpr,
     BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_MID: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_MID: tl.constexpr, ACT: tl.constexpr,
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, X_OFF32: tl.constexpr, Y_OFF32: tl.constexpr,
 ):
     """The staged forward: a persistent grid, the intermediate staged once per tile in the program's scratch slot.
@@ -226,7 +230,7 @@ def bsconv_fwd_staged_kernel(
        channels, one vector load per 8 (16-bit) or 4 (fp32) channels, addresses that differ between taps by a
        compile-time constant only. No shuffles, no gathers, no per-tap masks (lanes past the tile read a valid,
        unused row). The chunk loop is a runtime loop: it bounds the loads in flight (registers).
-    3. bias, store y; a barrier before the next tile overwrites the slot.
+    3. bias, activation (ACT), store y; a barrier before the next tile overwrites the slot.
     """
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -284,6 +288,7 @@ def bsconv_fwd_staged_kernel(
                 acc += tv.to(tl.float32) * wv.to(tl.float32)[None, :]
         if HAS_BIAS:
             acc += tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
+        acc = apply_activation(acc, ACT)
         oh = oh0 + orow
         ow = ow0 + ocol
         out_ok = lane_ok & (oh < Ho) & (ow < Wo)

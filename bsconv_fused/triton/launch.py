@@ -12,6 +12,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from .._shapes import empty_output, pw_as_matrix, validate
+from ..activation import name_of
 from .backward import bsconv_bwd_dx_kernel, bsconv_bwd_w_kernel
 from .forward import bsconv_fwd_flat_kernel, bsconv_fwd_kernel, bsconv_fwd_staged_kernel
 from .plan import DDW_REG_MAX_TAPS, cdiv, plan_backward, plan_forward, taps_pow2, weight_grad_groups
@@ -99,8 +100,12 @@ def _channel_loop(name: str, channels: int, block: int) -> Tuple[Loop, ...]:
 
 
 def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional[torch.Tensor],
-                     stride: Pair, padding: Pair, dilation: Pair) -> Tuple[torch.Tensor, List[Launch]]:
+                     stride: Pair, padding: Pair, dilation: Pair,
+                     activation: int = 0) -> Tuple[torch.Tensor, List[Launch]]:
+    """activation: the epilogue's code (bsconv_fused/activation.py), the kernels' ACT constexpr: each code is its
+    own compiled variant, and 0 compiles to the kernel without epilogue."""
     g = validate(x, pw, dw, bias, mid_bias, stride, padding, dilation)
+    name_of(activation)  # validates: an unknown code must not reach the kernels
     pw = pw_as_matrix(pw).contiguous()
     dw = dw.contiguous()
     bias = bias.contiguous() if bias is not None else None
@@ -114,7 +119,7 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
     tiles = co_blocks * g.N * p.tiles_per_image
     common = dict(KH=g.kh, KW=g.kw, SH=g.stride[0], SW=g.stride[1], DH=g.dilation[0], DW=g.dilation[1],
                   BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci, HAS_BIAS=bias is not None, HAS_MID=mid_bias is not None,
-                  UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps)
+                  ACT=activation, UPCAST=upcast, INPUT_PRECISION=precision, num_warps=p.num_warps)
     tensors = (x, pw, dw, bias if bias is not None else dw, mid_bias if mid_bias is not None else dw, y)
     sizes = (g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo, *x.stride(), *y.stride())
     n_ci = cdiv(g.C_in, p.block_ci)
@@ -292,8 +297,9 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
     return launches, finish
 
 
-def forward(x, pw, dw, bias, mid_bias, stride: Pair, padding: Pair, dilation: Pair) -> torch.Tensor:
-    y, launches = forward_launches(x, pw, dw, bias, mid_bias, stride, padding, dilation)
+def forward(x, pw, dw, bias, mid_bias, stride: Pair, padding: Pair, dilation: Pair,
+            activation: int = 0) -> torch.Tensor:
+    y, launches = forward_launches(x, pw, dw, bias, mid_bias, stride, padding, dilation, activation)
     with _device_ctx(x):
         for launch in launches:
             launch.run()
