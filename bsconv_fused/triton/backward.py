@@ -57,6 +57,16 @@ def _axis_tap(i, k, P, D: tl.constexpr, S: tl.constexpr, n_out):
 
 
 @triton.jit
+def _tap_offset(i, k, P, D: tl.constexpr, S: tl.constexpr, n_out, stride, OFF64: tl.constexpr):
+    """The element offset (index x stride, int64 when OFF64) along one axis of the dy pixel that read input index i
+    through kernel index k, and whether that pixel exists: the tap geometry of every dy loop (dt and d_dw)."""
+    o, ok = _axis_tap(i, k, P, D, S, n_out)
+    if OFF64:
+        o = o.to(tl.int64)
+    return o * stride, ok
+
+
+@triton.jit
 def _dt_block(gy_n, dwt_ptr, ih, iw, q_ok, co, co_ok, coff, sgh, sgw, C_out, Ho, Wo, PH, PW, kh_n,
               KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
               OFF64: tl.constexpr, LANES: tl.constexpr, BLOCK_CO: tl.constexpr):
@@ -65,17 +75,12 @@ def _dt_block(gy_n, dwt_ptr, ih, iw, q_ok, co, co_ok, coff, sgh, sgw, C_out, Ho,
     # kh_n is KH passed at run time: a runtime loop the compiler cannot unroll, so the SASS loop structure (and
     # the register use) does not depend on KH; the kw taps are unrolled (their column geometry is immediate math)
     for kh in range(kh_n):
-        oh, okh = _axis_tap(ih, kh, PH, DH, SH, Ho)
-        if OFF64:
-            oh = oh.to(tl.int64)
-        roff = oh * sgh
+        roff, okh = _tap_offset(ih, kh, PH, DH, SH, Ho, sgh, OFF64)
         rok = q_ok & okh
         for kw in tl.static_range(KW):
-            ow, okw = _axis_tap(iw, kw, PW, DW, SW, Wo)
-            if OFF64:
-                ow = ow.to(tl.int64)
-            off = roff + ow * sgw
-            dy = tl.load(gy_n + off[:, None] + coff[None, :], mask=(rok & okw)[:, None] & co_ok[None, :], other=0.0)
+            cof, okw = _tap_offset(iw, kw, PW, DW, SW, Wo, sgw, OFF64)
+            dy = tl.load(gy_n + (roff + cof)[:, None] + coff[None, :], mask=(rok & okw)[:, None] & co_ok[None, :],
+                         other=0.0)
             wv = tl.load(dwt_ptr + (kh * KW + kw) * C_out + co, mask=co_ok, other=0.0)
             dt += dy.to(tl.float32) * wv[None, :]
     return dt
@@ -133,6 +138,93 @@ def bsconv_bwd_dx_kernel(
     dx_n = dx_ptr + n.to(tl.int64) * sdn
     tl.store(dx_n + dx_off[:, None] + cio[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=q_ok[:, None] & ci_ok[None, :])
+
+
+@triton.jit
+def bsconv_bwd_dxw_kernel(
+    gy_ptr, x_ptr, pw_ptr, dwt_ptr, dx_ptr, dpw_part, dmid_part,
+    C_in, C_out, H, W, Ho, Wo,
+    sgn, sgc, sgh, sgw,
+    sxn, sxc, sxh, sxw,
+    sdn, sdc, sdh, sdw,
+    tiles_w, tiles_per_img, total_tiles, tiles_per_group,
+    PH, PW, kh_n,
+    KW: tl.constexpr,
+    SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+    QH: tl.constexpr, QW: tl.constexpr, LANES: tl.constexpr,
+    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+    NEED_DPW: tl.constexpr, NEED_DMID: tl.constexpr,
+    OFF64: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    # dt generated once for dx and d_pw: BLOCK_CO spans all of C_out, so a tile's dx = dt @ pw is complete inside the
+    # program (no cross-program reduction) while d_pw += dt^T x and d_mid += sum dt accumulate over the group's tiles
+    # like the weight kernel's (per-group partials, reduced in a fixed order by the launcher). One program per
+    # (C_in block, group); the C_in blocks of a group walk the same tiles (their dy loads share L2).
+    pid_ci = tl.program_id(0)
+    grp = tl.program_id(1)
+    co = tl.arange(0, BLOCK_CO)
+    co_ok = co < C_out
+    coff = co.to(tl.int64) * sgc if OFF64 else co * sgc
+    ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    ci_ok = ci < C_in
+    if OFF64:
+        cxo = ci.to(tl.int64) * sxc
+        cdo = ci.to(tl.int64) * sdc
+    else:
+        cxo = ci * sxc
+        cdo = ci * sdc
+    q = tl.arange(0, LANES)
+    lane_ok = q < QH * QW
+    acc_pw = tl.zeros((BLOCK_CO, BLOCK_CI), dtype=tl.float32)
+    acc_m = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+
+    t_begin = grp * tiles_per_group
+    for tt in range(t_begin, tl.minimum(t_begin + tiles_per_group, total_tiles)):
+        n = tt // tiles_per_img
+        tile = tt % tiles_per_img
+        ih = (tile // tiles_w) * QH + q // QW
+        iw = (tile % tiles_w) * QW + q % QW
+        q_ok = lane_ok & (ih < H) & (iw < W)
+        gy_n = gy_ptr + n.to(tl.int64) * sgn
+        dt = _dt_block(gy_n, dwt_ptr, ih, iw, q_ok, co, co_ok, coff, sgh, sgw, C_out, Ho, Wo, PH, PW, kh_n,
+                       KW, SH, SW, DH, DW, OFF64, LANES, BLOCK_CO)
+        # the weights stay in L1/L2 across the tiles; reloaded per tile so they do not hold registers over the
+        # dt generation
+        wt = tl.load(pw_ptr + co[:, None] * C_in + ci[None, :], mask=co_ok[:, None] & ci_ok[None, :], other=0.0)
+        if UPCAST:
+            dtc = dt
+            wt = wt.to(tl.float32)
+        else:
+            # dt rounded to the weight dtype for the tensor cores, as the unfused path stores it (both GEMMs)
+            dtc = dt.to(wt.dtype)
+        dxv = tl.dot(dtc, wt, input_precision=INPUT_PRECISION)
+        if OFF64:
+            dx_off = ih.to(tl.int64) * sdh + iw.to(tl.int64) * sdw
+        else:
+            dx_off = ih * sdh + iw * sdw
+        tl.store(dx_ptr + n.to(tl.int64) * sdn + dx_off[:, None] + cdo[None, :], dxv.to(dx_ptr.dtype.element_ty),
+                 mask=q_ok[:, None] & ci_ok[None, :])
+        if NEED_DPW:
+            if OFF64:
+                x_off = ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
+            else:
+                x_off = ih * sxh + iw * sxw
+            xb = tl.load(x_ptr + n.to(tl.int64) * sxn + x_off[:, None] + cxo[None, :],
+                         mask=q_ok[:, None] & ci_ok[None, :], other=0.0)
+            if UPCAST:
+                xb = xb.to(tl.float32)
+            acc_pw = tl.dot(tl.trans(dtc), xb, acc_pw, input_precision=INPUT_PRECISION)
+        if NEED_DMID:
+            acc_m += tl.sum(dt, axis=0)
+
+    g64 = grp.to(tl.int64)
+    if NEED_DPW:
+        tl.store(dpw_part + g64 * C_out * C_in + co[:, None] * C_in + ci[None, :], acc_pw,
+                 mask=co_ok[:, None] & ci_ok[None, :])
+    if NEED_DMID:
+        # a branch, not a mask `co_ok & (pid_ci == 0)`: the interpreter rejects a vector-and-scalar mask
+        if pid_ci == 0:
+            tl.store(dmid_part + g64 * C_out + co, acc_m, mask=co_ok)
 
 
 @triton.jit
@@ -241,14 +333,10 @@ def bsconv_bwd_w_kernel(
                 q3_ok = (q3 < QH * QW) & (rr3 < H) & (cc3 < W) & co3_ok
                 new = ()
                 for kh in tl.static_range(DDW_KH):
-                    oh3, okh3 = _axis_tap(rr3, kh, PH, DH, SH, Ho)
-                    if OFF64:
-                        oh3 = oh3.to(tl.int64)
+                    roff3, okh3 = _tap_offset(rr3, kh, PH, DH, SH, Ho, sgh, OFF64)
                     for kw in tl.static_range(KW):
-                        ow3, okw3 = _axis_tap(cc3, kw, PW, DW, SW, Wo)
-                        if OFF64:
-                            ow3 = ow3.to(tl.int64)
-                        dy3 = tl.load(gy_n + oh3 * sgh + ow3 * sgw + coff3, mask=q3_ok & okh3 & okw3, other=0.0)
+                        cof3, okw3 = _tap_offset(cc3, kw, PW, DW, SW, Wo, sgw, OFF64)
+                        dy3 = tl.load(gy_n + roff3 + cof3 + coff3, mask=q3_ok & okh3 & okw3, other=0.0)
                         new = new + (accs[kh * KW + kw] + tl.sum(t3 * dy3.to(tl.float32), axis=0),)
                 accs = new
             else:
@@ -256,16 +344,11 @@ def bsconv_bwd_w_kernel(
             if not DDW_REG:
                 # d_dw[co, tap] = sum_q t[q, co] dy[p(q, tap), co]: the dt loop below, with t as the weight
                 for kh in range(kh_n):
-                    oh, okh = _axis_tap(rr, kh, PH, DH, SH, Ho)
-                    if OFF64:
-                        oh = oh.to(tl.int64)
-                    roff = oh * sgh
+                    roff, okh = _tap_offset(rr, kh, PH, DH, SH, Ho, sgh, OFF64)
                     rok = q_ok & okh
                     for kw in tl.static_range(KW):
-                        ow, okw = _axis_tap(cc, kw, PW, DW, SW, Wo)
-                        if OFF64:
-                            ow = ow.to(tl.int64)
-                        dy = tl.load(gy_n + (roff + ow * sgw)[:, None] + coff[None, :],
+                        cof, okw = _tap_offset(cc, kw, PW, DW, SW, Wo, sgw, OFF64)
+                        dy = tl.load(gy_n + (roff + cof)[:, None] + coff[None, :],
                                      mask=(rok & okw)[:, None] & co_ok[None, :], other=0.0)
                         contrib = tl.sum(t * dy.to(tl.float32), axis=0)
                         acc_dw += tl.where(taps[:, None] == kh * KW + kw, contrib[None, :], 0.0)
