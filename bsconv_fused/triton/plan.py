@@ -448,9 +448,11 @@ def _plan_split(g: Geometry, channels_fast: bool, itemsize: int) -> BackwardPlan
     ext_h, ext_w = max(g.H, g.Ho), max(g.W, g.Wo)
     wqh, wqw = _bwd_tile(ext_h, ext_w, max_lanes)
     # LEAD launch (t, d_dw): with register accumulators (up to DDW_REG_MAX_TAPS taps, all unrolled) the taps'
-    # loads sit beside one accumulator per tap: half the lanes (sm_90 spills at the full tile)
+    # loads sit beside one accumulator per tap: half the lanes (sm_90 spills at the full tile). Larger kernels
+    # with NCHW grad_y (per-tap lane reductions of scalar loads) also take half: 128->128@28 5x5 had a 24-byte
+    # stack frame at 32 lanes, none at 16
     ddw_reg = g.kh * g.kw <= DDW_REG_MAX_TAPS
-    lqh, lqw = _bwd_tile(ext_h, ext_w, max(16, max_lanes // 2) if ddw_reg else max_lanes)
+    lqh, lqw = _bwd_tile(ext_h, ext_w, max(16, max_lanes // 2) if (ddw_reg or not channels_fast) else max_lanes)
     return BackwardPlan(
         qh=qh, qw=qw, lanes=max(16, next_pow2(qh * qw)), tiles_h=cdiv(g.H, qh), tiles_w=cdiv(g.W, qw),
         block_co=block_co, block_ci=block_ci,
