@@ -23,22 +23,27 @@ try:
     from bsconv_fused.triton.plan import FORWARD_VARIANTS
 except ImportError:  # no Triton
     FORWARD_VARIANTS = ()
+# the backward plan each Triton target pins (BSCONV_FUSED_TRITON_BWD), paired with the forward variants so that
+# every backward path runs the whole suite without multiplying it: the cost model's choice, the fused dx + d_pw
+# launch (wherever C_out fits it), the split dx and d_pw launches
+BACKWARD_PINS = ("", "fused", "split")
 
 
 def _targets():
-    """(id, backend, device, default dtype, forward variant or None)."""
+    """(id, backend, device, default dtype, forward variant or None, backward plan pin or None)."""
     out = []
-    for v in FORWARD_VARIANTS or ("",):
-        out.append((f"triton-{v}" if v else "triton", "triton", "cuda" if torch.cuda.is_available() else "cpu",
-                    torch.float32, v or None))
-    out.append(("cpu", "cpu", "cpu", torch.float64, None))
-    out.append(("cuda", "cuda", "cuda", torch.float32, None))
+    for i, v in enumerate(FORWARD_VARIANTS or ("",)):
+        b = BACKWARD_PINS[i % len(BACKWARD_PINS)] if v else ""
+        tid = (f"triton-{v}" if v else "triton") + (f"-bwd_{b}" if b else "")
+        out.append((tid, "triton", "cuda" if torch.cuda.is_available() else "cpu", torch.float32, v or None, b or None))
+    out.append(("cpu", "cpu", "cpu", torch.float64, None, None))
+    out.append(("cuda", "cuda", "cuda", torch.float32, None, None))
     return out
 
 
 @pytest.fixture(params=_targets(), ids=lambda t: t[0])
 def target(request, monkeypatch):
-    tid, backend, device, dtype, variant = request.param
+    tid, backend, device, dtype, variant, bwd = request.param
     status = available_backends()[backend]
     if not status.available:
         pytest.skip(f"{backend}: {status.reason}")
@@ -48,6 +53,8 @@ def target(request, monkeypatch):
         pytest.skip("needs a GPU and the extension's CUDA kernels")
     if variant:
         monkeypatch.setenv("BSCONV_FUSED_TRITON_FWD", variant)
+    if bwd:
+        monkeypatch.setenv("BSCONV_FUSED_TRITON_BWD", bwd)
     if device.startswith("cuda"):
         # fp32 on GPUs is checked in strict fp32 here (the kernels follow cuDNN's allow_tf32, which PyTorch turns on
         # by default); test_tf32 checks the TF32 mode with its own tolerance
@@ -100,7 +107,9 @@ def test_non_contiguous_grad_output(grad_layout, target):
     dict(N=3, C_in=70, C_out=40, H=5, W=6),  # several C_in and C_out blocks in every kernel
     dict(N=2, C_in=17, C_out=9, H=1, W=12, k=(1, 3), padding=(0, 1)),  # a one-row image
     dict(N=1, C_in=1, C_out=1, H=6, W=5),  # one channel
-], ids=["cin3", "multiblock", "one_row", "one_channel"])
+    # two C_in blocks in the fused dx + d_pw launch (its blocks are up to 128 wide), with d_mid from block 0
+    dict(N=2, C_in=140, C_out=24, H=5, W=7, mid=True),
+], ids=["cin3", "multiblock", "one_row", "one_channel", "fused_ci_blocks"])
 def test_odd_shapes(shape, target):
     run(target, **shape)
 

@@ -93,7 +93,13 @@ pw = torch.empty(32, 24, 1, 1, dtype=torch.float16, device="meta")
 dw = torch.empty(32, 1, 3, 3, dtype=torch.float16, device="meta")
 b = torch.empty(32, dtype=torch.float16, device="meta")
 y, fwd = forward_launches(x, pw, dw, b, None, (1, 1), (1, 1), (1, 1))
+# both backward plans, pinned: the split launches (dx, LEAD, d_pw) and the fused dx + d_pw launch
+import os
+os.environ["BSCONV_FUSED_TRITON_BWD"] = "split"
 bwd, _ = backward_launches(torch.empty_like(y), x, pw, dw, None, (1, 1), (1, 1), (1, 1), (True,) * 4 + (False,))
+os.environ["BSCONV_FUSED_TRITON_BWD"] = "fused"
+fused, _ = backward_launches(torch.empty_like(y), x, pw, dw, None, (1, 1), (1, 1), (1, 1), (True,) * 4 + (False,))
+bwd = bwd + [l for l in fused if "LEAD" not in l.meta]
 out = [dict(p.as_dict(), declared=[[lp.name, lp.trips, lp.optional] for lp in p.kernel.launch.loops])
        for p in predict_launches(fwd + bwd, "sm_90")]
 # two more required loops than the SASS has
@@ -123,7 +129,8 @@ def test_small_layer_counts_are_deterministic(small_layer):
 def test_small_layer_declared_loops_found(small_layer):
     kernels = small_layer[0]["kernels"]
     assert [k["kernel"] for k in kernels] == ["bsconv_fwd_staged_kernel", "bsconv_bwd_dx_kernel",
-                                              "bsconv_bwd_w_kernel[lead]", "bsconv_bwd_w_kernel[rest]"]
+                                              "bsconv_bwd_w_kernel[lead]", "bsconv_bwd_w_kernel[rest]",
+                                              "bsconv_bwd_dxw_kernel"]
     for k in kernels:
         assert k["declared"], k["kernel"]  # every kernel of the layer has runtime loops
         # every required loop found with its trips, in order; optional ones (e.g. kw, unrolled on sm_90) may be gone
@@ -140,7 +147,7 @@ def test_small_layer_declared_loops_found(small_layer):
             t = k["times_us"][m]
             assert k["bound_us"][m] == max(t.values()) > 0 and k["binding"][m] in t
         assert k["times_us"]["H200 SXM"]["dram"] < k["times_us"]["H100 SXM"]["dram"]
-    fwd, dx, lead, rest = kernels
+    fwd, dx, lead, rest, dxw = kernels
     # the persistent forward: its tiles, then per tile the C_in chunks of the GEMM and the taps (both inside)
     assert [lp["name"] for lp in fwd["loops"]] == ["tiles", "c_in", "taps"] and fwd["loops"][0]["trips"] > 1
     assert [lp["depth"] for lp in fwd["loops"]] == [0, 1, 1]
@@ -149,6 +156,8 @@ def test_small_layer_declared_loops_found(small_layer):
     # dt row by row inside
     assert [lp["name"] for lp in lead["loops"]] == ["tiles", "t_ci"] and lead["loops"][0]["trips"] > 1
     assert [lp["name"] for lp in rest["loops"]] == ["tiles", "dt_kh"] and rest["loops"][0]["trips"] > 1
+    # the fused launch: its group's tiles, dt row by row inside
+    assert [lp["name"] for lp in dxw["loops"]] == ["tiles", "dt_kh"] and dxw["loops"][0]["trips"] > 1
     assert fwd["counts_per_warp"]["tensor_flops"]["wgmma.f16"] > 0  # the pointwise GEMM runs on wgmma
 
 

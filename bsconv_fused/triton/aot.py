@@ -93,6 +93,12 @@ def suite_cases() -> List[dict]:
         # small deep map (7x7, 256 channels)
         dict(N=2, C_in=256, C_out=256, H=7, W=7, k=(3, 3), stride=1, padding=1, dilation=1, bias=True, mid=True,
              channels_last=True),
+        # the fused dx + d_pw launch at its largest blocks (C_out = C_in = 128: the most registers), pinned
+        dict(N=4, C_in=128, C_out=128, H=28, W=28, k=(3, 3), stride=1, padding=1, dilation=1, bias=True, mid=True,
+             channels_last=True, bwd="fused"),
+        # the fused launch on NCHW with stride 2 and 5x5 (scalar dy loads, the smallest tap budget), pinned
+        dict(N=2, C_in=64, C_out=128, H=28, W=28, k=(5, 5), stride=2, padding=2, dilation=1, bias=False, mid=True,
+             channels_last=False, bwd="fused"),
     ]
 
 
@@ -112,8 +118,17 @@ def launches_for(case: dict, dtype: torch.dtype, activation: int = 0):
     y, fwd = forward_launches(x, pw, dw, bias, mid, case["stride"], case["padding"], case["dilation"], activation)
     if activation:
         return fwd
-    bwd, _ = backward_launches(torch.empty_like(y), x, pw, dw, mid, case["stride"], case["padding"],
-                               case["dilation"], (True, True, True, case["bias"], case["mid"]))
+    # a case may pin the backward plan ("fused" / "split"), as BSCONV_FUSED_TRITON_BWD does
+    saved = os.environ.get("BSCONV_FUSED_TRITON_BWD")
+    os.environ["BSCONV_FUSED_TRITON_BWD"] = case.get("bwd", saved or "")
+    try:
+        bwd, _ = backward_launches(torch.empty_like(y), x, pw, dw, mid, case["stride"], case["padding"],
+                                   case["dilation"], (True, True, True, case["bias"], case["mid"]))
+    finally:
+        if saved is None:
+            del os.environ["BSCONV_FUSED_TRITON_BWD"]
+        else:
+            os.environ["BSCONV_FUSED_TRITON_BWD"] = saved
     return fwd + bwd
 
 

@@ -1,20 +1,24 @@
-"""Fused BSConvU backward kernels. Both work at input resolution, where dt = DW^T(dy) and dx live.
+"""Fused BSConvU backward kernels. All work at input resolution, where dt = DW^T(dy) and dx live.
 
 For an input pixel q and a tap k, the output pixel that read t[q] through tap k is p = (q + pad - k*dil) / stride
 (when divisible and inside the output). So dt[q, o] = sum_k dw[o, k] * dy[p(q, k), o] needs only loads of dy at
 shifted addresses: no halo, no recomputation, and dt never reaches device memory. The same dy loads give the
 depthwise weight gradient: ddw[o, k] = sum_q t[q, o] * dy[p(q, k), o].
 
-- bsconv_bwd_dx_kernel: dx[q, ci] = sum_o dt[q, o] * pw[o, ci]; one program per (image, input tile, C_in block),
-  looping over C_out blocks. The plan makes the C_in block as wide as C_in up to 256, so dt is generated once per
-  (tile, C_out block) for every layer up to 256 input channels.
-- bsconv_bwd_w_kernel, two launches: LEAD (t recomputed from x with tl.dot, d_dw, d_bias; no dt) and d_pw
-  (dt, d_pw = sum_q dt^T x in C_in blocks of up to 256, d_mid = sum of dt over in-image q in C_in block 0). One
-  program per (C_out block, C_in block, pixel group); each group owns a fixed range of tiles and writes its partial
-  sums to its own slot, and the launcher reduces the slots in a fixed order: deterministic, no atomics. Each launch
-  has its own group count and tile.
+- bsconv_bwd_dxw_kernel (fused plan, C_out <= 128): dt generated once per tile for both dx = dt @ pw (complete in
+  the program: one block spans C_out) and d_pw += dt^T x, d_mid += sum dt (per-group partials). One program per
+  (C_in block of up to 128, pixel group).
+- bsconv_bwd_dx_kernel (split plan): dx[q, ci] = sum_o dt[q, o] * pw[o, ci]; one program per (image, input tile,
+  C_in block), looping over C_out blocks. The plan makes the C_in block as wide as C_in up to 256, so dt is
+  generated once per (tile, C_out block) for every layer up to 256 input channels.
+- bsconv_bwd_w_kernel, two launches: LEAD (t recomputed from x with tl.dot, d_dw, d_bias; no dt; both plans) and
+  d_pw (split plan: dt, d_pw = sum_q dt^T x in C_in blocks of up to 256, d_mid = sum of dt over in-image q in C_in
+  block 0). One program per (C_out block, C_in block, pixel group); each group owns a fixed range of tiles and
+  writes its partial sums to its own slot, and the launcher reduces the slots in a fixed order: deterministic, no
+  atomics. Each launch has its own group count and tile.
+plan.plan_backward picks the fused or the split plan by the cost model (plan.predict_plan).
 
-How dt is generated (the hot loop of both kernels). The tap geometry is split by axis: per tile and kernel row kh,
+How dt is generated (the hot loop of the kernels). The tap geometry is split by axis: per tile and kernel row kh,
 one row offset and row mask per lane (runtime kh loop, computed once per C_out block); per kernel column kw
 (unrolled: static_range) one column offset and mask. Within-image offsets are int32 when the launcher proved
 every offset of the image fits (OFF64 = False); only the image base is 64-bit. The depthwise weights come
@@ -22,15 +26,11 @@ pre-transposed to (taps, C_out) fp32, so each tap's weights are one contiguous v
 16-bit load per channel.
 
 Static predictions, not GPU timings (sm_90 SASS of the JIT-specialised launches x the H100 per-SM throughput
-model, lower bounds; N=64 fp16; method and per-kernel split in docs/triton-backward.md). Backward total of the
-three launches in us, channels_last / NCHW, (before this design), and the ideal unfused roofline:
-  32->64@112      298 / 546  (579 / 1102)  unfused 240     64->128@56    150 / 350  (384 / 843)   unfused 120
-  128->128@28      50 /  90  (176 / 339)   unfused 34.3    256->256@28   101 / 239  (411 / 967)   unfused 68.6
-  128->256@28 s2   88 / 250  (363 / 835)   unfused 47.1    128->128@28 K5 148 / 268 (438 / 885)  unfused 34.3
-  512->512@14     100 / 247  (437 / 1342)  unfused 35.9    1024->1024@7   98 / 322  (472 / 1284)  unfused 27.4
-i.e. 0.23-0.81x of the ideal unfused backward in channels_last, 0.09-0.44x in NCHW: still slower than it
-(plan.backward_loses says so). The largest remaining costs: dt generated in both the dx and the d_pw launch,
-the LEAD launch's per-tap work, and scalar dy loads in NCHW.
+model, lower bounds; N=64 fp16; table in docs/triton-backward.md): channels_last 32->64@112 1.17x of the ideal
+unfused backward (fused plan; 0.80x split), 64->128@56 1.10x, 128->128@56 1.11x; every other suite layer and every
+NCHW layer below 1x (plan.backward_loses says so, and the backend choice then runs the two-layer path). The
+largest remaining costs: the LEAD launch (t recompute and d_dw), dt generated twice in the split plan (C_out > 128),
+and scalar dy loads in NCHW.
 
 Traffic of both kernels together, counted through the interpreter (benchmarks/results/traffic.md, N=1, fp32):
 each kernel reads x and dy once; the rest is the fp32 group partials of the weight gradients (their count is
@@ -57,6 +57,16 @@ def _axis_tap(i, k, P, D: tl.constexpr, S: tl.constexpr, n_out):
 
 
 @triton.jit
+def _tap_offset(i, k, P, D: tl.constexpr, S: tl.constexpr, n_out, stride, OFF64: tl.constexpr):
+    """The element offset (index x stride, int64 when OFF64) along one axis of the dy pixel that read input index i
+    through kernel index k, and whether that pixel exists: the tap geometry of every dy loop (dt and d_dw)."""
+    o, ok = _axis_tap(i, k, P, D, S, n_out)
+    if OFF64:
+        o = o.to(tl.int64)
+    return o * stride, ok
+
+
+@triton.jit
 def _dt_block(gy_n, dwt_ptr, ih, iw, q_ok, co, co_ok, coff, sgh, sgw, C_out, Ho, Wo, PH, PW, kh_n,
               KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
               OFF64: tl.constexpr, LANES: tl.constexpr, BLOCK_CO: tl.constexpr):
@@ -65,20 +75,40 @@ def _dt_block(gy_n, dwt_ptr, ih, iw, q_ok, co, co_ok, coff, sgh, sgw, C_out, Ho,
     # kh_n is KH passed at run time: a runtime loop the compiler cannot unroll, so the SASS loop structure (and
     # the register use) does not depend on KH; the kw taps are unrolled (their column geometry is immediate math)
     for kh in range(kh_n):
-        oh, okh = _axis_tap(ih, kh, PH, DH, SH, Ho)
-        if OFF64:
-            oh = oh.to(tl.int64)
-        roff = oh * sgh
+        roff, okh = _tap_offset(ih, kh, PH, DH, SH, Ho, sgh, OFF64)
         rok = q_ok & okh
         for kw in tl.static_range(KW):
-            ow, okw = _axis_tap(iw, kw, PW, DW, SW, Wo)
-            if OFF64:
-                ow = ow.to(tl.int64)
-            off = roff + ow * sgw
-            dy = tl.load(gy_n + off[:, None] + coff[None, :], mask=(rok & okw)[:, None] & co_ok[None, :], other=0.0)
+            cof, okw = _tap_offset(iw, kw, PW, DW, SW, Wo, sgw, OFF64)
+            dy = tl.load(gy_n + (roff + cof)[:, None] + coff[None, :], mask=(rok & okw)[:, None] & co_ok[None, :],
+                         other=0.0)
             wv = tl.load(dwt_ptr + (kh * KW + kw) * C_out + co, mask=co_ok, other=0.0)
             dt += dy.to(tl.float32) * wv[None, :]
     return dt
+
+
+@triton.jit
+def _tile_lanes(tt, tiles_per_img, tiles_w, q, lane_ok, H, W, QH: tl.constexpr, QW: tl.constexpr):
+    """Tile tt of the batch (QH x QW pixels per tile, row-major tiles per image) as lanes q: its image, its index in
+    the image, each lane's row and column, and whether the lane is a pixel of the image."""
+    n = tt // tiles_per_img
+    tile = tt % tiles_per_img
+    r = (tile // tiles_w) * QH + q // QW
+    c = (tile % tiles_w) * QW + q % QW
+    return n, tile, r, c, lane_ok & (r < H) & (c < W)
+
+
+@triton.jit
+def _store_partials(dpw_part, dmid_part, g64, co, co_ok, cols, cols_ok, n_cols, C_out, pid_ci, acc_pw, acc_m,
+                    NEED_DPW: tl.constexpr, NEED_DMID: tl.constexpr):
+    """A group's slots of the d_pw partials (C_out x n_cols) and of the d_mid partials (written by C_in block 0)."""
+    if NEED_DPW:
+        tl.store(dpw_part + g64 * C_out * n_cols + co[:, None] * n_cols + cols[None, :], acc_pw,
+                 mask=co_ok[:, None] & cols_ok[None, :])
+    if NEED_DMID:
+        # a branch, not a mask `co_ok & (pid_ci == 0)`: Triton 3.9's interpreter rejects a mask built from a
+        # vector and a scalar comparison ('mask has unsupported dtype')
+        if pid_ci == 0:
+            tl.store(dmid_part + g64 * C_out + co, acc_m, mask=co_ok)
 
 
 @triton.jit
@@ -100,12 +130,8 @@ def bsconv_bwd_dx_kernel(
     ci_blocks = tl.cdiv(C_in, BLOCK_CI)
     pid_ci = pid % ci_blocks
     pid_t = pid // ci_blocks
-    n = pid_t // tiles_per_img
-    tile = pid_t % tiles_per_img
     q = tl.arange(0, LANES)
-    ih = (tile // tiles_w) * QH + q // QW
-    iw = (tile % tiles_w) * QW + q % QW
-    q_ok = (q < QH * QW) & (ih < H) & (iw < W)
+    n, tile, ih, iw, q_ok = _tile_lanes(pid_t, tiles_per_img, tiles_w, q, q < QH * QW, H, W, QH, QW)
     ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
     ci_ok = ci < C_in
     gy_n = gy_ptr + n.to(tl.int64) * sgn
@@ -133,6 +159,83 @@ def bsconv_bwd_dx_kernel(
     dx_n = dx_ptr + n.to(tl.int64) * sdn
     tl.store(dx_n + dx_off[:, None] + cio[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=q_ok[:, None] & ci_ok[None, :])
+
+
+@triton.jit
+def bsconv_bwd_dxw_kernel(
+    gy_ptr, x_ptr, pw_ptr, dwt_ptr, dx_ptr, dpw_part, dmid_part,
+    C_in, C_out, H, W, Ho, Wo,
+    sgn, sgc, sgh, sgw,
+    sxn, sxc, sxh, sxw,
+    sdn, sdc, sdh, sdw,
+    tiles_w, tiles_per_img, total_tiles, tiles_per_group,
+    PH, PW, kh_n,
+    KW: tl.constexpr,
+    SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+    QH: tl.constexpr, QW: tl.constexpr, LANES: tl.constexpr,
+    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+    NEED_DPW: tl.constexpr, NEED_DMID: tl.constexpr,
+    OFF64: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    # dt generated once for dx and d_pw: BLOCK_CO spans all of C_out, so a tile's dx = dt @ pw is complete inside the
+    # program (no cross-program reduction) while d_pw += dt^T x and d_mid += sum dt accumulate over the group's tiles
+    # like the weight kernel's (per-group partials, reduced in a fixed order by the launcher). One program per
+    # (C_in block, group); the C_in blocks of a group walk the same tiles (their dy loads share L2).
+    pid_ci = tl.program_id(0)
+    grp = tl.program_id(1)
+    co = tl.arange(0, BLOCK_CO)
+    co_ok = co < C_out
+    coff = co.to(tl.int64) * sgc if OFF64 else co * sgc
+    ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    ci_ok = ci < C_in
+    if OFF64:
+        cxo = ci.to(tl.int64) * sxc
+        cdo = ci.to(tl.int64) * sdc
+    else:
+        cxo = ci * sxc
+        cdo = ci * sdc
+    q = tl.arange(0, LANES)
+    lane_ok = q < QH * QW
+    acc_pw = tl.zeros((BLOCK_CO, BLOCK_CI), dtype=tl.float32)
+    acc_m = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+
+    t_begin = grp * tiles_per_group
+    for tt in range(t_begin, tl.minimum(t_begin + tiles_per_group, total_tiles)):
+        n, tile, ih, iw, q_ok = _tile_lanes(tt, tiles_per_img, tiles_w, q, lane_ok, H, W, QH, QW)
+        gy_n = gy_ptr + n.to(tl.int64) * sgn
+        dt = _dt_block(gy_n, dwt_ptr, ih, iw, q_ok, co, co_ok, coff, sgh, sgw, C_out, Ho, Wo, PH, PW, kh_n,
+                       KW, SH, SW, DH, DW, OFF64, LANES, BLOCK_CO)
+        # the weights stay in L1/L2 across the tiles; reloaded per tile so they do not hold registers over the
+        # dt generation
+        wt = tl.load(pw_ptr + co[:, None] * C_in + ci[None, :], mask=co_ok[:, None] & ci_ok[None, :], other=0.0)
+        if UPCAST:
+            dtc = dt
+            wt = wt.to(tl.float32)
+        else:
+            # dt rounded to the weight dtype for the tensor cores, as the unfused path stores it (both GEMMs)
+            dtc = dt.to(wt.dtype)
+        dxv = tl.dot(dtc, wt, input_precision=INPUT_PRECISION)
+        if OFF64:
+            dx_off = ih.to(tl.int64) * sdh + iw.to(tl.int64) * sdw
+        else:
+            dx_off = ih * sdh + iw * sdw
+        tl.store(dx_ptr + n.to(tl.int64) * sdn + dx_off[:, None] + cdo[None, :], dxv.to(dx_ptr.dtype.element_ty),
+                 mask=q_ok[:, None] & ci_ok[None, :])
+        if NEED_DPW:
+            if OFF64:
+                x_off = ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
+            else:
+                x_off = ih * sxh + iw * sxw
+            xb = tl.load(x_ptr + n.to(tl.int64) * sxn + x_off[:, None] + cxo[None, :],
+                         mask=q_ok[:, None] & ci_ok[None, :], other=0.0)
+            if UPCAST:
+                xb = xb.to(tl.float32)
+            acc_pw = tl.dot(tl.trans(dtc), xb, acc_pw, input_precision=INPUT_PRECISION)
+        if NEED_DMID:
+            acc_m += tl.sum(dt, axis=0)
+
+    _store_partials(dpw_part, dmid_part, grp.to(tl.int64), co, co_ok, ci, ci_ok, C_in, C_out, pid_ci, acc_pw, acc_m,
+                    NEED_DPW, NEED_DMID)
 
 
 @triton.jit
@@ -197,11 +300,7 @@ def bsconv_bwd_w_kernel(
 
     t_begin = grp * tiles_per_group
     for tt in range(t_begin, tl.minimum(t_begin + tiles_per_group, total_tiles)):
-        n = tt // utiles_per_img
-        tile = tt % utiles_per_img
-        rr = (tile // utiles_w) * QH + q // QW
-        cc = (tile % utiles_w) * QW + q % QW
-        q_ok = lane_ok & (rr < H) & (cc < W)  # lanes as input pixels
+        n, tile, rr, cc, q_ok = _tile_lanes(tt, utiles_per_img, utiles_w, q, lane_ok, H, W, QH, QW)  # input pixels
         gy_n = gy_ptr + n.to(tl.int64) * sgn
         if OFF64:
             x_off = rr.to(tl.int64) * sxh + cc.to(tl.int64) * sxw
@@ -241,14 +340,10 @@ def bsconv_bwd_w_kernel(
                 q3_ok = (q3 < QH * QW) & (rr3 < H) & (cc3 < W) & co3_ok
                 new = ()
                 for kh in tl.static_range(DDW_KH):
-                    oh3, okh3 = _axis_tap(rr3, kh, PH, DH, SH, Ho)
-                    if OFF64:
-                        oh3 = oh3.to(tl.int64)
+                    roff3, okh3 = _tap_offset(rr3, kh, PH, DH, SH, Ho, sgh, OFF64)
                     for kw in tl.static_range(KW):
-                        ow3, okw3 = _axis_tap(cc3, kw, PW, DW, SW, Wo)
-                        if OFF64:
-                            ow3 = ow3.to(tl.int64)
-                        dy3 = tl.load(gy_n + oh3 * sgh + ow3 * sgw + coff3, mask=q3_ok & okh3 & okw3, other=0.0)
+                        cof3, okw3 = _tap_offset(cc3, kw, PW, DW, SW, Wo, sgw, OFF64)
+                        dy3 = tl.load(gy_n + roff3 + cof3 + coff3, mask=q3_ok & okh3 & okw3, other=0.0)
                         new = new + (accs[kh * KW + kw] + tl.sum(t3 * dy3.to(tl.float32), axis=0),)
                 accs = new
             else:
@@ -256,16 +351,11 @@ def bsconv_bwd_w_kernel(
             if not DDW_REG:
                 # d_dw[co, tap] = sum_q t[q, co] dy[p(q, tap), co]: the dt loop below, with t as the weight
                 for kh in range(kh_n):
-                    oh, okh = _axis_tap(rr, kh, PH, DH, SH, Ho)
-                    if OFF64:
-                        oh = oh.to(tl.int64)
-                    roff = oh * sgh
+                    roff, okh = _tap_offset(rr, kh, PH, DH, SH, Ho, sgh, OFF64)
                     rok = q_ok & okh
                     for kw in tl.static_range(KW):
-                        ow, okw = _axis_tap(cc, kw, PW, DW, SW, Wo)
-                        if OFF64:
-                            ow = ow.to(tl.int64)
-                        dy = tl.load(gy_n + (roff + ow * sgw)[:, None] + coff[None, :],
+                        cof, okw = _tap_offset(cc, kw, PW, DW, SW, Wo, sgw, OFF64)
+                        dy = tl.load(gy_n + (roff + cof)[:, None] + coff[None, :],
                                      mask=(rok & okw)[:, None] & co_ok[None, :], other=0.0)
                         contrib = tl.sum(t * dy.to(tl.float32), axis=0)
                         acc_dw += tl.where(taps[:, None] == kh * KW + kw, contrib[None, :], 0.0)
@@ -299,14 +389,8 @@ def bsconv_bwd_w_kernel(
         for k in tl.static_range(DDW_KH * KW):
             acc_dw += tl.where(taps[:, None] == k, tl.sum(accs[k], axis=0)[None, :], 0.0)
     g64 = grp.to(tl.int64)
-    if NEED_DPW:
-        tl.store(dpw_part + g64 * C_out * dpw_cols + co[:, None] * dpw_cols + ci_loc[None, :], acc_pw,
-                 mask=co_ok[:, None] & ci_blk_ok[None, :])
-    if NEED_DMID:
-        # a branch, not a mask `co_ok & (pid_ci == 0)`: Triton 3.9's interpreter rejects a mask built from a
-        # vector and a scalar comparison ('mask has unsupported dtype')
-        if pid_ci == 0:
-            tl.store(dmid_part + g64 * C_out + co, acc_m, mask=co_ok)
+    _store_partials(dpw_part, dmid_part, g64, co, co_ok, ci_loc, ci_blk_ok, dpw_cols, C_out, pid_ci, acc_pw, acc_m,
+                    NEED_DPW, NEED_DMID)
     if LEAD:
         if NEED_DDW:
             tl.store(ddw_part + g64 * C_out * (kh_n * KW) + co[None, :] * (kh_n * KW) + taps[:, None], acc_dw,

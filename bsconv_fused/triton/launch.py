@@ -13,9 +13,9 @@ import torch
 
 from .._shapes import empty_output, pw_as_matrix, validate
 from ..activation import name_of
-from .backward import bsconv_bwd_dx_kernel, bsconv_bwd_w_kernel
+from .backward import bsconv_bwd_dx_kernel, bsconv_bwd_dxw_kernel, bsconv_bwd_w_kernel
 from .forward import bsconv_fwd_flat_kernel, bsconv_fwd_kernel, bsconv_fwd_staged_kernel
-from .plan import DDW_REG_MAX_TAPS, cdiv, plan_backward, plan_forward, taps_pow2, weight_grad_groups
+from .plan import DDW_REG_MAX_TAPS, FUSED_PROGRAMS_PER_SM, cdiv, plan_backward, plan_forward, taps_pow2, weight_grad_groups
 
 Pair = Tuple[int, int]
 
@@ -198,7 +198,8 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
     mid_bias = mid_bias.contiguous() if mid_bias is not None else None
     # a channels-fast grad_y (channels_last, aligned) loads 8 channels per vector; otherwise every element is a
     # scalar load with its own address, and the plan takes fewer lanes to keep the unrolled taps in registers
-    p = plan_backward(g, _vector_channels(grad_y), x.element_size())
+    # BSCONV_FUSED_TRITON_BWD pins the plan ("split" or "fused"): for tests and tuning
+    p = plan_backward(g, _vector_channels(grad_y), x.element_size(), os.environ.get("BSCONV_FUSED_TRITON_BWD", ""))
     upcast, precision = _dtype_flags(x.dtype)
     empty = x.new_empty((0,))
     off64 = _needs_64bit(grad_y, x)
@@ -209,7 +210,33 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
     kh_loops = lambda name: (Loop(name, g.kh),) if g.kh > 1 else ()  # noqa: E731
     launches = []
     dx = empty
-    if need_dx:
+    parts = [empty] * 4
+    # fused dx + d_pw launch (dt generated once for both) where the plan chose it and both are asked for
+    fused = p.fused and need_dx and (need_dpw or need_dm)
+    if fused:
+        dx = empty_output(x, x.shape)
+        off64_f = off64 or _needs_64bit(dx)
+        tiles = p.ftiles_h * p.ftiles_w
+        total = g.N * tiles
+        nci = cdiv(g.C_in, p.block_ci_f)
+        groups = weight_grad_groups(g, total, nci, g.C_in if need_dpw else 0, _sm_count(x), FUSED_PROGRAMS_PER_SM)
+        per_group = cdiv(total, groups)
+        groups = cdiv(total, per_group)
+        parts[0] = torch.empty((groups, g.C_out, g.C_in), dtype=torch.float32, device=x.device) if need_dpw else empty
+        parts[3] = torch.empty((groups, g.C_out), dtype=torch.float32, device=x.device) if need_dm else empty
+        launches.append(Launch(
+            bsconv_bwd_dxw_kernel, (nci, groups),
+            (grad_y, x, pw, dwt, dx, parts[0], parts[3],
+             g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo,
+             *grad_y.stride(), *x.stride(), *dx.stride(),
+             p.ftiles_w, tiles, total, per_group,
+             g.padding[0], g.padding[1], g.kh),
+            dict(common, OFF64=off64_f, QH=p.fqh, QW=p.fqw, LANES=p.flanes, BLOCK_CO=p.block_co_f,
+                 BLOCK_CI=p.block_ci_f, NEED_DPW=need_dpw, NEED_DMID=need_dm, num_stages=1),
+            # at one tile per group LLVM removes the tile loop for some bodies and keeps it for others
+            loops=(Loop("tiles", total / groups, optional=per_group == 1),) + kh_loops("dt_kh"),
+        ))
+    elif need_dx:
         dx = empty_output(x, x.shape)
         off64 = off64 or _needs_64bit(dx)
         tiles = p.tiles_h * p.tiles_w
@@ -223,8 +250,7 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
             dict(common, OFF64=off64, QH=p.qh, QW=p.qw, LANES=p.lanes, BLOCK_CO=p.block_co, BLOCK_CI=p.block_ci),
             loops=(Loop("co_blocks", cdiv(g.C_out, p.block_co)),) + kh_loops("dt_kh"),
         ))
-    parts = [empty] * 4
-    if need_dpw or need_ddw or need_db or need_dm:
+    if need_ddw or need_db or ((need_dpw or need_dm) and not fused):
         co_blocks = cdiv(g.C_out, p.block_co_w)
         sm = _sm_count(x)
         # launch 1 (LEAD): recomputes t for d_dw, and d_bias (no dt at all); launch 2: dt and d_pw in C_in blocks
@@ -232,7 +258,7 @@ def backward_launches(grad_y, x, pw, dw, mid_bias: Optional[torch.Tensor], strid
         blocks = []
         if need_ddw or need_db:
             blocks.append((1, 0, 0, True))
-        if need_dpw or need_dm:
+        if (need_dpw or need_dm) and not fused:
             blocks.append((cdiv(g.C_in, p.block_ci_w), p.block_ci_w, g.C_in, False))
 
         def part(groups, *shape):

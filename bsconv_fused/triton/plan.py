@@ -12,7 +12,7 @@ reads grad_y at shifted addresses straight from memory.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 from .._shapes import Geometry
@@ -88,6 +88,16 @@ class BackwardPlan:
     block_ci_w: int  # C_in block of the d_pw launch (dt is generated once per block)
     block_k: int  # LEAD: C_in chunk of the recomputed intermediate t
     num_warps: int
+    # fused dx + d_pw launch (bsconv_bwd_dxw_kernel): dt generated once per tile and C_in block for both GEMMs;
+    # chosen by the cost model over the dx + d_pw launches (fused=False: those run, and the f* fields are unused)
+    fused: bool = False
+    fqh: int = 0
+    fqw: int = 0
+    flanes: int = 0
+    ftiles_h: int = 0
+    ftiles_w: int = 0
+    block_co_f: int = 0  # all of C_out (a power of two >= 16): dx is complete inside a program
+    block_ci_f: int = 0
 
 
 
@@ -350,9 +360,11 @@ def plan_forward(g: Geometry, variant: str = "", channels_last: bool = True, ele
 
 
 def _bwd_tile(ext_h: int, ext_w: int, lanes: int) -> Tuple[int, int]:
-    # rows of the tile span the extent, split evenly when wider than 32 so the last column tile is not mostly
-    # empty; no taller than the image (a 7x7 map fills 64 lanes, not 49 of 128)
-    qw = ext_w if ext_w <= 32 else cdiv(ext_w, cdiv(ext_w, 32))
+    # rows of the tile span the extent, split evenly when wider than 32 (or than the lanes: a 16-lane tile of a
+    # 28-wide map is 14 wide, not 28 wide in 32 lanes, which would break the tap budget) so the last column tile is
+    # not mostly empty; no taller than the image (a 7x7 map fills 64 lanes, not 49 of 128)
+    row = min(32, lanes)
+    qw = ext_w if ext_w <= row else cdiv(ext_w, cdiv(ext_w, row))
     qh = max(1, min(max(1, lanes // qw), ext_h))
     return qh, qw
 
@@ -372,11 +384,56 @@ def _pow2_floor(v: int) -> int:
     return 1 << max(0, int(v).bit_length() - 1)
 
 
+# fused dx + d_pw launch: all of C_out in one block (dx complete in the program) up to this many channels, and a
+# d_pw accumulator (C_out x C_in block, fp32) of at most 64 registers per thread at 8 warps (32 for fp32 tensors)
+FUSED_MAX_CO = 128
+FUSED_MAX_CI = 128
+FUSED_ACC_VALUES = 16384
+# dt and the dx tile (lanes x (C_out + C_in block), fp32) beside that accumulator
+FUSED_TILE_VALUES = 16384
+# the fused launch runs one 8-warp program per SM (its d_pw accumulator): two waves of programs, not four, halve
+# its fp32 d_pw partials (groups x C_out x C_in, DRAM traffic) at little wave-tail cost
+FUSED_PROGRAMS_PER_SM = 2
+BACKWARD_VARIANTS = ("split", "fused")  # BSCONV_FUSED_TRITON_BWD pins one (tests run both)
+
+
 @functools.lru_cache(maxsize=1024)
-def plan_backward(g: Geometry, channels_fast: bool = True, itemsize: int = 2) -> BackwardPlan:
-    """Backward tiles. The multiplicity of dt (how often it is regenerated from dy) is what the blocks minimise:
-    once per C_in block of up to 256 channels in the dx launch and in the d_pw launch (128 with NCHW grad_y); the
-    LEAD weight launch (t, d_dw, d_bias) needs no dt."""
+def plan_backward(g: Geometry, channels_fast: bool = True, itemsize: int = 2, variant: str = "") -> BackwardPlan:
+    """Backward tiles. The multiplicity of dt (how often it is regenerated from dy) is what the blocks minimise.
+    Split: once per C_in block of up to 256 channels in the dx launch and in the d_pw launch (128 with NCHW
+    grad_y). Fused (C_out <= FUSED_MAX_CO): once per C_in block of up to 128 for dx and d_pw together. The LEAD
+    weight launch (t, d_dw, d_bias) needs no dt. variant: "" (the cheaper by the cost model, predict_plan),
+    "split" or "fused" (tests pin one; "fused" falls back to split where it does not apply)."""
+    if variant not in ("",) + BACKWARD_VARIANTS:
+        raise ValueError(f"variant must be '', 'split' or 'fused', got {variant!r}")
+    split = _plan_split(g, channels_fast, itemsize)
+    fused = _plan_fused(g, split, channels_fast, itemsize)
+    if fused is None or variant == "split":
+        return split
+    if variant == "fused":
+        return fused
+    cost = lambda p: sum(predict_plan(g, p, itemsize, channels_fast).values())  # noqa: E731
+    return fused if cost(fused) < cost(split) else split
+
+
+def _plan_fused(g: Geometry, split: BackwardPlan, channels_fast: bool, itemsize: int) -> Optional[BackwardPlan]:
+    """The fused dx + d_pw tile, or None where C_out does not fit one block."""
+    if next_pow2(g.C_out) > FUSED_MAX_CO:
+        return None
+    block_co = _dot_block(g.C_out, FUSED_MAX_CO)
+    wide = 2 // max(1, itemsize // 2)  # fp32 operands: half the budgets
+    block_ci = _dot_block(g.C_in, FUSED_MAX_CI)
+    while block_ci > 16 and block_co * block_ci > FUSED_ACC_VALUES * wide // 2:
+        block_ci //= 2
+    budget = TAP_VALUES_CL if channels_fast else (TAP_VALUES_NCHW if g.stride == (1, 1) else TAP_VALUES_NCHW_STRIDED)
+    lanes = max(16, min(BWD_LANES, _pow2_floor(budget * 32 * BWD_WARPS // (g.kw * block_co)),
+                        _pow2_floor(FUSED_TILE_VALUES * wide // 2 // (block_co + block_ci))))
+    fqh, fqw = _bwd_tile(g.H, g.W, lanes)
+    return replace(split, fused=True, fqh=fqh, fqw=fqw, flanes=max(16, next_pow2(fqh * fqw)),
+                   ftiles_h=cdiv(g.H, fqh), ftiles_w=cdiv(g.W, fqw), block_co_f=block_co, block_ci_f=block_ci)
+
+
+def _plan_split(g: Geometry, channels_fast: bool, itemsize: int) -> BackwardPlan:
     block_ci = _dot_block(g.C_in, DX_MAX_CI)
     block_co = _dot_block(g.C_out, 64)
     # The kw taps of one kernel row are unrolled and the compiler issues their loads together: the values a
@@ -391,9 +448,11 @@ def plan_backward(g: Geometry, channels_fast: bool = True, itemsize: int = 2) ->
     ext_h, ext_w = max(g.H, g.Ho), max(g.W, g.Wo)
     wqh, wqw = _bwd_tile(ext_h, ext_w, max_lanes)
     # LEAD launch (t, d_dw): with register accumulators (up to DDW_REG_MAX_TAPS taps, all unrolled) the taps'
-    # loads sit beside one accumulator per tap: half the lanes (sm_90 spills at the full tile)
+    # loads sit beside one accumulator per tap: half the lanes (sm_90 spills at the full tile). Larger kernels
+    # with NCHW grad_y (per-tap lane reductions of scalar loads) also take half: 128->128@28 5x5 had a 24-byte
+    # stack frame at 32 lanes, none at 16
     ddw_reg = g.kh * g.kw <= DDW_REG_MAX_TAPS
-    lqh, lqw = _bwd_tile(ext_h, ext_w, max(16, max_lanes // 2) if ddw_reg else max_lanes)
+    lqh, lqw = _bwd_tile(ext_h, ext_w, max(16, max_lanes // 2) if (ddw_reg or not channels_fast) else max_lanes)
     return BackwardPlan(
         qh=qh, qw=qw, lanes=max(16, next_pow2(qh * qw)), tiles_h=cdiv(g.H, qh), tiles_w=cdiv(g.W, qw),
         block_co=block_co, block_ci=block_ci,
@@ -406,14 +465,15 @@ def plan_backward(g: Geometry, channels_fast: bool = True, itemsize: int = 2) ->
     )
 
 
-def weight_grad_groups(g: Geometry, tiles: int, programs_per_group: int, cols: int, sm_count: int = 132) -> int:
+def weight_grad_groups(g: Geometry, tiles: int, programs_per_group: int, cols: int, sm_count: int = 132,
+                       per_sm: int = 4) -> int:
     """How many split-reduction groups one weight-gradient launch uses (each launch sizes its own: the LEAD
     launch has only C_out/64 programs per group, the d_pw launch that many per C_in block).
 
     Enough programs to fill the GPU a few times over, never more groups than its tiles, and a partial-sum buffer
     of at most 64 MiB for this launch's cols C_in columns (the partials are reduced in a fixed order afterwards:
     deterministic, no atomics)."""
-    want = cdiv(4 * sm_count, programs_per_group)
+    want = cdiv(per_sm * sm_count, programs_per_group)
     cap = max(1, (64 << 20) // (4 * g.C_out * max(cols, g.kh * g.kw + 2)))
     return max(1, min(tiles, want, cap))
 
@@ -442,13 +502,15 @@ class BackwardCosts:
     dx_step: float  # dx: per element and C_out step outside the taps (pw tile, dt rounding, wgmma)
     rest_tile: float  # d_pw launch: per element and tile outside the taps (dt^T, d_mid)
     dpw_col: float  # d_pw launch: per element, tile and (C_in block / C_out block) ratio (x tile, d_pw wgmma)
+    fused_tile: float  # fused dx + d_pw launch: per element (lanes x C_out) and tile outside the taps
+    fused_col: float  # fused: per element, tile and (C_in block / C_out) ratio (pw and x tiles, dx store, GEMMs)
 
 
 BWD_COSTS = {  # key: channels_last (grad_y channels-fast)
     True: BackwardCosts(dt_tap=3.7, ddw_reg_tap=4.9, ddw_tap=10.3, t_chunk=2.4, lead_tile=15.0, dx_step=14.0,
-                        rest_tile=8.0, dpw_col=2.5),
+                        rest_tile=8.0, dpw_col=2.5, fused_tile=8.0, fused_col=11.0),
     False: BackwardCosts(dt_tap=9.0, ddw_reg_tap=8.5, ddw_tap=13.2, t_chunk=6.6, lead_tile=30.0, dx_step=27.0,
-                         rest_tile=8.0, dpw_col=12.0),
+                         rest_tile=8.0, dpw_col=12.0, fused_tile=16.0, fused_col=33.0),
 }
 
 
@@ -472,11 +534,17 @@ def _itemsize(dtype) -> int:
 
 
 def predict_backward(g: Geometry, dtype, channels_last: bool = False, dev: Device = Device()) -> dict:
-    """Predicted seconds of each backward launch (all gradients asked for): a static prediction from BWD_COSTS,
-    not a measurement. Keys: "dx", "w_lead" (t, d_dw, d_bias), "w_rest" (dt, d_pw, d_mid)."""
-    c = BWD_COSTS[bool(channels_last)]
-    p = plan_backward(g, bool(channels_last), _itemsize(dtype))
+    """Predicted seconds of each backward launch (all gradients asked for) of the plan the launcher runs: a static
+    prediction from BWD_COSTS, not a measurement. Keys: "dx", "w_lead" (t, d_dw, d_bias), "w_rest" (dt, d_pw,
+    d_mid) for the split plan; "dxw" (dt, dx, d_pw, d_mid) and "w_lead" for the fused one."""
     b = _itemsize(dtype)
+    return predict_plan(g, plan_backward(g, bool(channels_last), b), b, channels_last, dev)
+
+
+def predict_plan(g: Geometry, p: BackwardPlan, itemsize: int, channels_last: bool, dev: Device = Device()) -> dict:
+    """predict_backward for a given plan (plan_backward ranks its candidates with it)."""
+    c = BWD_COSTS[bool(channels_last)]
+    b = itemsize
     tc = dev.tensor_flops / (2 if b == 4 else 1)
     taps = g.kh * g.kw
     n_x, n_y = g.N * g.H * g.W * g.C_in, g.N * g.Ho * g.Wo * g.C_out
@@ -487,20 +555,31 @@ def predict_backward(g: Geometry, dtype, channels_last: bool = False, dev: Devic
         return max(instr / warp_rate, bytes_ / dev.dram_bps, flops / tc)
 
     out = {}
-    # dx: per program, C_out steps of (taps x elements x dt_tap + elements x dx_step)
-    elems = p.lanes * p.block_co
-    steps = cdiv(g.C_out, p.block_co)
-    progs = g.N * p.tiles_h * p.tiles_w * cdiv(g.C_in, p.block_ci)
-    out["dx"] = kernel(progs * steps * elems * (taps * c.dt_tap + c.dx_step), b * (n_x + n_y), G)
+    if p.fused:
+        # per tile and C_in block: dt (taps) once, then dx = dt pw and d_pw += dt^T x
+        elems = p.flanes * p.block_co_f
+        progs = g.N * p.ftiles_h * p.ftiles_w * cdiv(g.C_in, p.block_ci_f)
+        per = taps * c.dt_tap + c.fused_tile + c.fused_col * p.block_ci_f / p.block_co_f
+        # DRAM: x and dy read, dx written, and the fp32 d_pw partials of the groups
+        groups = weight_grad_groups(g, g.N * p.ftiles_h * p.ftiles_w, cdiv(g.C_in, p.block_ci_f), g.C_in,
+                                    dev.sm_count, FUSED_PROGRAMS_PER_SM)
+        out["dxw"] = kernel(progs * elems * per, b * (2 * n_x + n_y) + 4 * groups * g.C_out * g.C_in, 2 * G)
+    else:
+        # dx: per program, C_out steps of (taps x elements x dt_tap + elements x dx_step)
+        elems = p.lanes * p.block_co
+        steps = cdiv(g.C_out, p.block_co)
+        progs = g.N * p.tiles_h * p.tiles_w * cdiv(g.C_in, p.block_ci)
+        out["dx"] = kernel(progs * steps * elems * (taps * c.dt_tap + c.dx_step), b * (n_x + n_y), G)
     # weight launches: per tile and C_out block
     ltiles = g.N * p.ltiles_h * p.ltiles_w * cdiv(g.C_out, p.block_co_w)
     ddw = c.ddw_reg_tap if taps <= DDW_REG_MAX_TAPS else c.ddw_tap
     per = taps * ddw + cdiv(g.C_in, p.block_k) * c.t_chunk + c.lead_tile
     out["w_lead"] = kernel(ltiles * p.llanes * p.block_co_w * per, b * (n_x + n_y), G)
-    tiles = g.N * p.utiles_h * p.utiles_w * cdiv(g.C_out, p.block_co_w)
-    nci = cdiv(g.C_in, p.block_ci_w)
-    per = taps * c.dt_tap + c.rest_tile + c.dpw_col * p.block_ci_w / p.block_co_w
-    out["w_rest"] = kernel(tiles * nci * p.wlanes * p.block_co_w * per, b * (n_x + n_y), 2 * G)
+    if not p.fused:
+        tiles = g.N * p.utiles_h * p.utiles_w * cdiv(g.C_out, p.block_co_w)
+        nci = cdiv(g.C_in, p.block_ci_w)
+        per = taps * c.dt_tap + c.rest_tile + c.dpw_col * p.block_ci_w / p.block_co_w
+        out["w_rest"] = kernel(tiles * nci * p.wlanes * p.block_co_w * per, b * (n_x + n_y), 2 * G)
     return out
 
 
