@@ -59,3 +59,14 @@ def test_other_geometries_sm90_bf16_lead_without_stack(other_geometries_sm90_bf1
     _, rows = other_geometries_sm90_bf16
     lead = [r for r in rows if "case=2" in r and "lead=True" in r]
     assert lead and all(" stack=0 " in r for r in lead), lead
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_rows_forward_without_spills(arch):
+    # the whole-rows forward (bsconv_fwd_rows_kernel) at the deep suite shapes, in every dtype: the plan's register
+    # budget (plan.ROWS_MAX_TILE_VALUES) must hold without spills on both architectures
+    out = _compile(["--arch", str(arch), "--dtype", "float32", "float16", "bfloat16", "--case", "4", "5", "6", "7"])
+    rows = [line for line in out.splitlines() if "kernel=" in line]
+    assert len(rows) == 12 and "compiled 12 kernels" in out, out
+    assert all("kernel=bsconv_fwd_rows_kernel" in r for r in rows), out
+    assert all(" stack=0 " in r for r in rows), "\n".join(rows)

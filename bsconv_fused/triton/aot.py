@@ -91,6 +91,17 @@ def suite_cases() -> List[dict]:
         # small deep map (7x7, 256 channels)
         dict(N=2, C_in=256, C_out=256, H=7, W=7, k=(3, 3), stride=1, padding=1, dilation=1, bias=True, mid=True,
              channels_last=True),
+        # the whole-rows forward (pinned) at the suite's deep shapes: five 7x7 images per tile
+        # (M = 256, BLOCK_CO 128), channels_last; a 14x14 map NCHW
+        dict(N=64, C_in=1024, C_out=1024, H=7, W=7, k=(3, 3), stride=1, padding=1, dilation=1, bias=True,
+             mid=True, channels_last=True, forward_only=True, variant="rows"),
+        dict(N=64, C_in=512, C_out=512, H=14, W=14, k=(3, 3), stride=1, padding=1, dilation=1, bias=True,
+             mid=False, channels_last=False, forward_only=True, variant="rows"),
+        # bands of full-width rows (28x28), stride 2 and 5x5 on a small map
+        dict(N=8, C_in=256, C_out=256, H=28, W=28, k=(3, 3), stride=1, padding=1, dilation=1, bias=True,
+             mid=True, channels_last=True, forward_only=True, variant="rows"),
+        dict(N=4, C_in=96, C_out=80, H=13, W=11, k=(5, 5), stride=2, padding=2, dilation=1, bias=False,
+             mid=True, channels_last=True, forward_only=True, variant="rows"),
     ]
 
 
@@ -105,7 +116,19 @@ def launches_for(case: dict, dtype: torch.dtype):
     dw = torch.empty(case["C_out"], 1, *case["k"], dtype=dtype, device=dev)
     bias = torch.empty(case["C_out"], dtype=dtype, device=dev) if case["bias"] else None
     mid = torch.empty(case["C_out"], dtype=dtype, device=dev) if case["mid"] else None
-    y, fwd = forward_launches(x, pw, dw, bias, mid, case["stride"], case["padding"], case["dilation"])
+    pinned = os.environ.get("BSCONV_FUSED_TRITON_FWD")
+    if case.get("variant"):
+        os.environ["BSCONV_FUSED_TRITON_FWD"] = case["variant"]
+    try:
+        y, fwd = forward_launches(x, pw, dw, bias, mid, case["stride"], case["padding"], case["dilation"])
+    finally:
+        if case.get("variant"):
+            if pinned is None:
+                del os.environ["BSCONV_FUSED_TRITON_FWD"]
+            else:
+                os.environ["BSCONV_FUSED_TRITON_FWD"] = pinned
+    if case.get("forward_only"):
+        return fwd
     bwd, _ = backward_launches(torch.empty_like(y), x, pw, dw, mid, case["stride"], case["padding"],
                                case["dilation"], (True, True, True, case["bias"], case["mid"]))
     return fwd + bwd
