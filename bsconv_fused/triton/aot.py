@@ -105,7 +105,7 @@ def suite_cases() -> List[dict]:
     ]
 
 
-def launches_for(case: dict, dtype: torch.dtype):
+def launches_for(case: dict, dtype: torch.dtype, arch: int = 90):
     from .launch import backward_launches, forward_launches
 
     dev = "meta"
@@ -120,7 +120,7 @@ def launches_for(case: dict, dtype: torch.dtype):
     if case.get("variant"):
         os.environ["BSCONV_FUSED_TRITON_FWD"] = case["variant"]
     try:
-        y, fwd = forward_launches(x, pw, dw, bias, mid, case["stride"], case["padding"], case["dilation"])
+        y, fwd = forward_launches(x, pw, dw, bias, mid, case["stride"], case["padding"], case["dilation"], arch=arch)
     finally:
         if case.get("variant"):
             if pinned is None:
@@ -142,7 +142,7 @@ def compile_suite(archs: Iterable[int], dtypes: Iterable[torch.dtype], cases: It
         for dtype in dtypes:
             for i in cases:
                 case = all_cases[i]
-                for launch in launches_for(case, dtype):
+                for launch in launches_for(case, dtype, arch):
                     t0 = time.perf_counter()
                     k = compile_launch(launch, arch)
                     md = k.metadata

@@ -9,6 +9,13 @@ N=64, K=3 stride 1, channels_last; predicted speedup over the ideal two-layer ro
 (NCHW 1.37x down to 0.31x). plan.forward_loses flags the layers its model predicts slower, and "auto" runs the
 two-layer path there.
 
+The deep, small-map layers run bsconv_fwd_rows_kernel instead where the plan's model predicts it faster (the GEMM
+over in-image pixels only, whole images or full-width row bands per tile, see its docstring). Static prediction
+(same setup, full report's per-kernel bound), channels_last before -> after: 128->256@28 1.10x -> 1.36x,
+256->256@28 0.87x -> 1.31x, 256->512@14 0.77x -> 1.17x, 512->512@14 0.57x -> 0.89x, 512->1024@7 0.25x -> 1.02x,
+1024->1024@7 0.21x -> 0.93x; NCHW 512->1024@7 0.35x -> 0.68x, 1024->1024@7 0.31x -> 0.61x (the other NCHW layers
+keep the staged kernel). docs/triton-kernels.md has the table.
+
 Two older variants (the intermediate kept in registers, taps through tl.gather) stay selectable with
 BSCONV_FUSED_TRITON_FWD=separable|flat for comparison; their SASS costs 5.8-22 thread-instructions per output
 element and tap against the staged kernel's 1.75:
@@ -378,7 +385,14 @@ def bsconv_fwd_rows_kernel(
         else:
             x_pix = (x_ptr + n0.to(tl.int64) * sxn + g_img.to(tl.int64) * sxn + ih.to(tl.int64) * sxh
                      + g_col.to(tl.int64) * sxw)
-        t = tl.zeros((M_LANES, BLOCK_CO), dtype=tl.float32)
+        # mid_bias is the accumulator's initial value at in-image pixels (x is 0 elsewhere, so t stays 0 there):
+        # its vector is dead before the GEMM instead of live across it (32 registers in the wgmma layout: the
+        # 5-image tiles spill otherwise)
+        if HAS_MID:
+            mb = tl.load(mid_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
+            t = tl.where(in_img[:, None], mb[None, :], 0.0)
+        else:
+            t = tl.zeros((M_LANES, BLOCK_CO), dtype=tl.float32)
         for ci0 in range(0, C_in, BLOCK_CI):
             ci = ci0 + tl.arange(0, BLOCK_CI)
             ci_ok = ci < C_in
@@ -392,9 +406,6 @@ def bsconv_fwd_rows_kernel(
                 xt = xt.to(tl.float32)
                 wt = wt.to(tl.float32)
             t = tl.dot(xt, wt, t, input_precision=INPUT_PRECISION)
-        if HAS_MID:
-            mb = tl.load(mid_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
-            t += tl.where(in_img[:, None], mb[None, :], 0.0)
         wt = tl.load(dw_ptr + co[None, :] * (KH * KW) + tp[:, None], mask=(tp[:, None] < KH * KW) & co_ok[None, :],
                      other=0.0)
         tl.debug_barrier()  # every thread is done reading the previous tile's slot (and the zeroing is done)

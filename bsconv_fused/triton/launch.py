@@ -99,8 +99,19 @@ def _channel_loop(name: str, channels: int, block: int) -> Tuple[Loop, ...]:
     return (Loop(name, cdiv(channels, block)),) if channels != 1 else ()
 
 
+def _arch(t: torch.Tensor) -> int:
+    """Compute capability x 10 of t's GPU; 90 off a GPU (the interpreter and meta tensors plan as for an H100)."""
+    if t.is_cuda:
+        major, minor = torch.cuda.get_device_capability(t.device)
+        return 10 * major + minor
+    return 90
+
+
 def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional[torch.Tensor],
-                     stride: Pair, padding: Pair, dilation: Pair) -> Tuple[torch.Tensor, List[Launch]]:
+                     stride: Pair, padding: Pair, dilation: Pair,
+                     arch: Optional[int] = None) -> Tuple[torch.Tensor, List[Launch]]:
+    """The forward's launches. arch: plan for this compute capability x 10 instead of x's device (the ahead-of-time
+    compile builds sm_80 launches from meta tensors)."""
     g = validate(x, pw, dw, bias, mid_bias, stride, padding, dilation)
     pw = pw_as_matrix(pw).contiguous()
     dw = dw.contiguous()
@@ -108,7 +119,8 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
     mid_bias = mid_bias.contiguous() if mid_bias is not None else None
     # BSCONV_FUSED_TRITON_FWD pins the forward variant ("staged", "flat" or "separable"): for tests and tuning
     channels_last = x.dim() == 4 and x.stride(1) == 1 and g.C_in > 1
-    p = plan_forward(g, os.environ.get("BSCONV_FUSED_TRITON_FWD", ""), channels_last, x.element_size())
+    p = plan_forward(g, os.environ.get("BSCONV_FUSED_TRITON_FWD", ""), channels_last, x.element_size(),
+                     arch if arch is not None else _arch(x))
     y = empty_output(x, g.out_shape)
     upcast, precision = _dtype_flags(x.dtype)
     co_blocks = cdiv(g.C_out, p.block_co)

@@ -188,6 +188,7 @@ ROWS_OUT_VALUES = 16384
 # thread at 8 warps for 16-bit channels_last inputs (operands through cp.async into shared memory); NCHW x tiles
 # go through registers (scalar loads) and spill there at 16384 (sm_90, 7x7: 255 registers + 392 B of stack)
 ROWS_MAX_TILE_VALUES = {(True, 2): 32768, (False, 2): 8192, (True, 4): 16384, (False, 4): 8192}
+ROWS_SM80_MAX_TILE_VALUES = 16384
 ROWS_MAX_LANES = 256
 # rows kernel issue model: warp-instructions per program and tile (the sum over its warps), fit to the per-loop
 # instruction counts of its sm_90 SASS (Triton 3.8, fp16, N=64: 128->256@28 and 512->512@14 channels_last,
@@ -373,8 +374,9 @@ def plan_staged(g: Geometry, channels_last: bool = True, elem_size: int = 2) -> 
 def forward_loses(g: Geometry, dtype, channels_last: bool = True) -> Optional[str]:
     """Why the fused forward is predicted slower than the ideal two-layer path for geometry g, or None.
 
-    Both sides are static H100 predictions: the staged kernel's cost model (predict_staged, calibrated on its SASS)
-    against the unfused roofline (unfused_forward_seconds). The backend choice runs the two-layer path when this
+    Both sides are static H100 predictions: the cost model of the kernel plan_forward picks (predict_forward:
+    predict_staged or predict_rows, each calibrated on its SASS) against the unfused roofline
+    (unfused_forward_seconds). The backend choice runs the two-layer path when this
     returns a reason."""
     if unsupported_reason(g):
         return unsupported_reason(g)
@@ -420,12 +422,14 @@ def rows_tiles(g: Geometry, p: ForwardPlan) -> int:
     return cdiv(g.N, p.imgs) * p.tiles_h * cdiv(g.C_out, p.block_co)
 
 
-def _rows_cap(channels_last: bool, elem_size: int) -> int:
-    return ROWS_MAX_TILE_VALUES[(channels_last, 4 if elem_size >= 4 else 2)]
+def _rows_cap(channels_last: bool, elem_size: int, arch: int = 90) -> int:
+    cap = ROWS_MAX_TILE_VALUES[(channels_last, 4 if elem_size >= 4 else 2)]
+    # sm_80's mma.sync takes its operand fragments into registers: the 256 x 128 tile spills there (80 B at 7x7)
+    return cap if arch >= 90 else min(cap, ROWS_SM80_MAX_TILE_VALUES)
 
 
-def _rows_candidates(g: Geometry, channels_last: bool, elem_size: int):
-    cap = _rows_cap(channels_last, elem_size)
+def _rows_candidates(g: Geometry, channels_last: bool, elem_size: int, arch: int = 90):
+    cap = _rows_cap(channels_last, elem_size, arch)
     shapes = [(i, g.Ho) for i in range(1, g.N + 1)] + [(1, r) for r in range(1, g.Ho)]
     for block_co in sorted({_dot_block(g.C_out, 64), _dot_block(g.C_out, 128)}):
         for block_ci in sorted({_dot_block(g.C_in, 32), _dot_block(g.C_in, 64)}):
@@ -438,14 +442,14 @@ def _rows_candidates(g: Geometry, channels_last: bool, elem_size: int):
                     yield cost, p.halo_lanes, -stages, p
 
 
-def plan_rows(g: Geometry, channels_last: bool = True, elem_size: int = 2) -> ForwardPlan:
+def plan_rows(g: Geometry, channels_last: bool = True, elem_size: int = 2, arch: int = 90) -> ForwardPlan:
     """The whole-rows tile, channel blocks and pipeline depth with the lowest predicted time (ties: fewer GEMM
     lanes, then the deeper pipeline)."""
-    best = min(_rows_candidates(g, channels_last, elem_size), key=lambda c: c[:3], default=None)
+    best = min(_rows_candidates(g, channels_last, elem_size, arch), key=lambda c: c[:3], default=None)
     if best is None:
         raise ValueError(f"no whole-rows forward tile fits geometry {g}: the input rows of one output row "
                          f"({(g.kh - 1) * g.dilation[0] + 1} x {g.W} pixels) exceed the rows kernel's GEMM tile "
-                         f"({ROWS_MAX_LANES} lanes, {_rows_cap(channels_last, elem_size)} values with 16 channels)")
+                         f"({ROWS_MAX_LANES} lanes, {_rows_cap(channels_last, elem_size, arch)} values with 16 channels)")
     return best[3]
 
 
@@ -468,25 +472,27 @@ def _legacy_plan(g: Geometry, variant: str) -> ForwardPlan:
 
 
 @functools.lru_cache(maxsize=1024)
-def plan_forward(g: Geometry, variant: str = "", channels_last: bool = True, elem_size: int = 2) -> ForwardPlan:
+def plan_forward(g: Geometry, variant: str = "", channels_last: bool = True, elem_size: int = 2,
+                 arch: int = 90) -> ForwardPlan:
     """The forward tile plan for geometry g.
 
     variant: "" (the default: staged), "staged", "flat" or "separable" (the older gather kernels; tests and
     tuning pin one). channels_last: x's layout (NCHW x loads cost more in the staged kernel's GEMM). elem_size: bytes
-    per element of x (fp32 tiles are capped smaller: registers)."""
+    per element of x (fp32 tiles are capped smaller: registers). arch: the GPU's compute capability x 10 (the rows
+    kernel's largest tile fits sm_90's registers only); the costs are the H100 model's either way."""
     if variant not in ("", "staged", "rows", "flat", "separable"):
         raise ValueError(f"variant must be '', 'staged', 'rows', 'flat' or 'separable', got {variant!r}")
     if variant in ("flat", "separable"):
         return _legacy_plan(g, variant)
     if variant == "rows":
-        return plan_rows(g, channels_last, elem_size)
+        return plan_rows(g, channels_last, elem_size, arch)
     staged = plan_staged(g, channels_last, elem_size)
     if variant == "staged":
         return staged
     # the default: the variant the model predicts faster (issue 7: chosen by predicted cost, not by hand)
     dtype = "float32" if elem_size >= 4 else "float16"
     try:
-        rows = plan_rows(g, channels_last, elem_size)
+        rows = plan_rows(g, channels_last, elem_size, arch)
     except ValueError:  # input rows too wide for the rows kernel's GEMM tile
         return staged
     if predict_forward(g, rows, channels_last, dtype).full < predict_forward(g, staged, channels_last, dtype).full:
