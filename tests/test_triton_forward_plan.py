@@ -146,3 +146,16 @@ def test_rows_model_wins_on_small_deep_maps():
     # static prediction (H100, fp16, channels_last): the whole-image GEMM beats the staged halo on 7x7 and 14x14
     for layer in [(512, 512, 14, 3, 1), (1024, 1024, 7, 3, 1)]:
         assert plan_forward(_geom(*layer), "", True).variant == "rows"
+
+
+def test_rows_plan_fits_each_architecture():
+    # the 256 x 128 tile fits sm_90's registers only (sm_80's mma.sync holds operand fragments in registers): the
+    # launcher plans for its device's architecture, and so do the AOT compile and the static report
+    g = _geom(1024, 1024, 7, 3, 1)
+    assert plan_forward(g, "rows", True, 2, 90).halo_lanes * plan_forward(g, "rows", True, 2, 90).block_co == 32768
+    for arch in (80, 86, 89):
+        p = plan_forward(g, "rows", True, 2, arch)
+        assert p.halo_lanes * p.block_co <= 16384
+    for cl, size in ((False, 2), (True, 4), (False, 4)):
+        p = plan_forward(g, "rows", cl, size, 90)
+        assert p.halo_lanes * p.block_co <= (16384 if (cl, size) == (True, 4) else 8192)
