@@ -117,7 +117,7 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
     dw = dw.contiguous()
     bias = bias.contiguous() if bias is not None else None
     mid_bias = mid_bias.contiguous() if mid_bias is not None else None
-    # BSCONV_FUSED_TRITON_FWD pins the forward variant ("staged", "flat" or "separable"): for tests and tuning
+    # BSCONV_FUSED_TRITON_FWD pins the forward variant ("staged", "rows", "flat" or "separable"): for tests and tuning
     channels_last = x.dim() == 4 and x.stride(1) == 1 and g.C_in > 1
     p = plan_forward(g, os.environ.get("BSCONV_FUSED_TRITON_FWD", ""), channels_last, x.element_size(),
                      arch if arch is not None else _arch(x))
