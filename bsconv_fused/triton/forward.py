@@ -13,8 +13,9 @@ The deep, small-map layers run bsconv_fwd_rows_kernel instead where the plan's m
 over in-image pixels only, whole images or full-width row bands per tile, see its docstring). Static prediction
 (same setup, full report's per-kernel bound), channels_last before -> after: 128->256@28 1.10x -> 1.36x,
 256->256@28 0.87x -> 1.31x, 256->512@14 0.77x -> 1.17x, 512->512@14 0.57x -> 0.89x, 512->1024@7 0.25x -> 1.02x,
-1024->1024@7 0.21x -> 0.93x; NCHW 512->1024@7 0.35x -> 0.68x, 1024->1024@7 0.31x -> 0.61x (the other NCHW layers
-keep the staged kernel). docs/triton-kernels.md has the table.
+1024->1024@7 0.21x -> 0.93x; NCHW 256->512@14 0.77x -> 0.85x, 512->512@14 0.62x -> 0.82x, 512->1024@7 0.35x ->
+0.68x, 1024->1024@7 0.31x -> 0.61x (28x28 and larger NCHW layers keep the staged kernel). docs/triton-kernels.md
+has the table.
 
 Two older variants (the intermediate kept in registers, taps through tl.gather) stay selectable with
 BSCONV_FUSED_TRITON_FWD=separable|flat for comparison; their SASS costs 5.8-22 thread-instructions per output

@@ -186,8 +186,9 @@ STAGED_L2_CALIBRATION = 1.41
 ROWS_OUT_VALUES = 16384
 # GEMM lanes x BLOCK_CO of the rows kernel's t accumulator, key (channels_last, bytes per element): 128 fp32 per
 # thread at 8 warps for 16-bit channels_last inputs (operands through cp.async into shared memory); NCHW x tiles
-# go through registers (scalar loads) and spill there at 16384 (sm_90, 7x7: 255 registers + 392 B of stack)
-ROWS_MAX_TILE_VALUES = {(True, 2): 32768, (False, 2): 8192, (True, 4): 16384, (False, 4): 8192}
+# go through registers (scalar loads): NCHW tiles hold one image (several images' per-lane addresses spill: 136-392
+# B of stack at 7x7), 128 x 128 fits sm_90 (236-254 registers at 14x14), sm_80 spills it (8192 there)
+ROWS_MAX_TILE_VALUES = {(True, 2): 32768, (False, 2): 16384, (True, 4): 16384, (False, 4): 8192}
 ROWS_SM80_MAX_TILE_VALUES = 16384
 ROWS_MAX_LANES = 256
 # rows kernel issue model: warp-instructions per program and tile (the sum over its warps), fit to the per-loop
@@ -424,8 +425,9 @@ def rows_tiles(g: Geometry, p: ForwardPlan) -> int:
 
 def _rows_cap(channels_last: bool, elem_size: int, arch: int = 90) -> int:
     cap = ROWS_MAX_TILE_VALUES[(channels_last, 4 if elem_size >= 4 else 2)]
-    # sm_80's mma.sync takes its operand fragments into registers: the 256 x 128 tile spills there (80 B at 7x7)
-    return cap if arch >= 90 else min(cap, ROWS_SM80_MAX_TILE_VALUES)
+    # sm_80's mma.sync takes its operand fragments into registers: the 256 x 128 tile spills there (80 B at 7x7),
+    # and the NCHW 128 x 128 one (248-392 B)
+    return cap if arch >= 90 else min(cap, ROWS_SM80_MAX_TILE_VALUES if channels_last else 8192)
 
 
 def _rows_candidates(g: Geometry, channels_last: bool, elem_size: int, arch: int = 90):
@@ -436,7 +438,8 @@ def _rows_candidates(g: Geometry, channels_last: bool, elem_size: int, arch: int
             for stages in (2, 3):
                 for imgs, rows in shapes:
                     p = rows_plan(g, imgs, rows, block_co, block_ci, stages)
-                    if p.halo_lanes * block_co > cap or p.halo_lanes > ROWS_MAX_LANES:
+                    if p.halo_lanes * block_co > cap or p.halo_lanes > ROWS_MAX_LANES or (imgs > 1 and not
+                                                                                            channels_last):
                         continue
                     cost = predict_rows(g, p, channels_last, "float32" if elem_size >= 4 else "float16").full
                     yield cost, p.halo_lanes, -stages, p
