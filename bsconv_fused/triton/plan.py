@@ -285,7 +285,6 @@ def predict_staged(g: Geometry, p: "ForwardPlan", channels_last: bool = True, dt
 def predict_rows(g: Geometry, p: "ForwardPlan", channels_last: bool = True, dtype="float16",
                  machine=H100) -> StagedCost:
     """Static prediction of the whole-rows forward (bsconv_fwd_rows_kernel); see ROWS_* for the calibration."""
-    co_blocks = cdiv(g.C_out, p.block_co)
     tiles = rows_tiles(g, p)
     gemm = p.halo_lanes * p.block_co
     out_pix = p.imgs * p.rows * g.Wo
