@@ -96,3 +96,14 @@ def test_forward_with_activation_epilogue_sm90(act):
     assert len(rows) == 6 and "compiled 6 kernels" in out, out
     assert all("kernel=bsconv_fwd_" in r and f" act={ACT[act]} " in r for r in rows), out
     assert all(" stack=0 " in r for r in rows), "\n".join(rows)
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_rows_forward_without_spills(arch):
+    # the whole-rows forward (bsconv_fwd_rows_kernel) at the deep suite shapes, in every dtype: the plan's register
+    # budget (plan.ROWS_MAX_TILE_VALUES) must hold without spills on both architectures
+    out = _compile(["--arch", str(arch), "--dtype", "float32", "float16", "bfloat16", "--case", "6", "7", "8", "9"])
+    rows = [line for line in out.splitlines() if "kernel=" in line]
+    assert len(rows) == 12 and "compiled 12 kernels" in out, out
+    assert all("kernel=bsconv_fwd_rows_kernel" in r for r in rows), out
+    assert all(" stack=0 " in r for r in rows), "\n".join(rows)

@@ -99,12 +99,23 @@ def suite_cases() -> List[dict]:
         # the fused launch on NCHW with stride 2 and 5x5 (scalar dy loads, the smallest tap budget), pinned
         dict(N=2, C_in=64, C_out=128, H=28, W=28, k=(5, 5), stride=2, padding=2, dilation=1, bias=False, mid=True,
              channels_last=False, bwd="fused"),
+        # the whole-rows forward (pinned) at the suite's deep shapes: five 7x7 images per tile
+        # (M = 256, BLOCK_CO 128), channels_last; a 14x14 map NCHW
+        dict(N=64, C_in=1024, C_out=1024, H=7, W=7, k=(3, 3), stride=1, padding=1, dilation=1, bias=True,
+             mid=True, channels_last=True, forward_only=True, variant="rows"),
+        dict(N=64, C_in=512, C_out=512, H=14, W=14, k=(3, 3), stride=1, padding=1, dilation=1, bias=True,
+             mid=False, channels_last=False, forward_only=True, variant="rows"),
+        # bands of full-width rows (28x28), stride 2 and 5x5 on a small map
+        dict(N=8, C_in=256, C_out=256, H=28, W=28, k=(3, 3), stride=1, padding=1, dilation=1, bias=True,
+             mid=True, channels_last=True, forward_only=True, variant="rows"),
+        dict(N=4, C_in=96, C_out=80, H=13, W=11, k=(5, 5), stride=2, padding=2, dilation=1, bias=False,
+             mid=True, channels_last=True, forward_only=True, variant="rows"),
     ]
 
 
-def launches_for(case: dict, dtype: torch.dtype, activation: int = 0):
+def launches_for(case: dict, dtype: torch.dtype, activation: int = 0, arch: int = 90):
     """The launches of one case: forward and backward, or with an activation epilogue (which only the forward
-    kernels take) the forward alone."""
+    kernels take) the forward alone. arch: the compute capability x 10 the plans are made for."""
     from .launch import backward_launches, forward_launches
 
     dev = "meta"
@@ -115,8 +126,19 @@ def launches_for(case: dict, dtype: torch.dtype, activation: int = 0):
     dw = torch.empty(case["C_out"], 1, *case["k"], dtype=dtype, device=dev)
     bias = torch.empty(case["C_out"], dtype=dtype, device=dev) if case["bias"] else None
     mid = torch.empty(case["C_out"], dtype=dtype, device=dev) if case["mid"] else None
-    y, fwd = forward_launches(x, pw, dw, bias, mid, case["stride"], case["padding"], case["dilation"], activation)
-    if activation:
+    pinned = os.environ.get("BSCONV_FUSED_TRITON_FWD")
+    if case.get("variant"):
+        os.environ["BSCONV_FUSED_TRITON_FWD"] = case["variant"]
+    try:
+        y, fwd = forward_launches(x, pw, dw, bias, mid, case["stride"], case["padding"], case["dilation"],
+                                  activation, arch=arch)
+    finally:
+        if case.get("variant"):
+            if pinned is None:
+                del os.environ["BSCONV_FUSED_TRITON_FWD"]
+            else:
+                os.environ["BSCONV_FUSED_TRITON_FWD"] = pinned
+    if activation or case.get("forward_only"):
         return fwd
     # a case may pin the backward plan ("fused" / "split"), as BSCONV_FUSED_TRITON_BWD does
     saved = os.environ.get("BSCONV_FUSED_TRITON_BWD")
@@ -140,7 +162,7 @@ def compile_suite(archs: Iterable[int], dtypes: Iterable[torch.dtype], cases: It
         for dtype in dtypes:
             for i in cases:
                 case = all_cases[i]
-                for launch in launches_for(case, dtype, activation):
+                for launch in launches_for(case, dtype, activation, arch):
                     t0 = time.perf_counter()
                     k = compile_launch(launch, arch)
                     md = k.metadata

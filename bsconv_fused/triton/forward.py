@@ -9,6 +9,14 @@ N=64, K=3 stride 1, channels_last; predicted speedup over the ideal two-layer ro
 (NCHW 1.37x down to 0.31x). plan.forward_loses flags the layers its model predicts slower, and "auto" runs the
 two-layer path there.
 
+The deep, small-map layers run bsconv_fwd_rows_kernel instead where the plan's model predicts it faster (the GEMM
+over in-image pixels only, whole images or full-width row bands per tile, see its docstring). Static prediction
+(same setup, full report's per-kernel bound), channels_last before -> after: 128->256@28 1.10x -> 1.36x,
+256->256@28 0.87x -> 1.31x, 256->512@14 0.77x -> 1.17x, 512->512@14 0.57x -> 0.89x, 512->1024@7 0.25x -> 1.02x,
+1024->1024@7 0.21x -> 0.93x; NCHW 256->512@14 0.77x -> 0.85x, 512->512@14 0.62x -> 0.82x, 512->1024@7 0.35x ->
+0.68x, 1024->1024@7 0.31x -> 0.61x (28x28 and larger NCHW layers keep the staged kernel). docs/triton-kernels.md
+has the table.
+
 Two older variants (the intermediate kept in registers, taps through tl.gather) stay selectable with
 BSCONV_FUSED_TRITON_FWD=separable|flat for comparison; their SASS costs 5.8-22 thread-instructions per output
 element and tap against the staged kernel's 1.75:
@@ -298,3 +306,145 @@ def bsconv_fwd_staged_kernel(
         else:
             y_ptrs = y_img + (oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] + co[None, :].to(tl.int64) * syc
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_ok[:, None] & co_ok[None, :])
+
+
+@triton.jit
+def bsconv_fwd_rows_kernel(
+    x_ptr, pw_ptr, dw_ptr, bias_ptr, mid_ptr, y_ptr, scratch_ptr,
+    C_in, C_out, H, W, Ho, Wo,
+    sxn, sxc, sxh, sxw,
+    syn, syc, syh, syw,
+    N, total_tiles, n_taps, n_chunks,
+    KH: tl.constexpr, KW: tl.constexpr,
+    SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+    PH: tl.constexpr, PW: tl.constexpr,
+    IMGS: tl.constexpr, ROWS: tl.constexpr, BANDS: tl.constexpr, CO_BLOCKS: tl.constexpr,
+    IN_W: tl.constexpr, OUT_W: tl.constexpr, GEMM_ROWS: tl.constexpr, ROW0: tl.constexpr,
+    SLOT_H: tl.constexpr, SLOT_W: tl.constexpr, M_LANES: tl.constexpr, OUT_CHUNK: tl.constexpr,
+    TAPS: tl.constexpr, ZERO_STEPS: tl.constexpr,
+    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_MID: tl.constexpr, ACT: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, X_OFF32: tl.constexpr, Y_OFF32: tl.constexpr,
+):
+    """The whole-rows forward: the pointwise GEMM over in-image pixels only, full-width rows, no horizontal halo.
+
+    A tile is IMGS whole images (ROWS = Ho, BANDS = 1) or a band of ROWS full-width output rows of one image
+    (IMGS = 1). Where the staged kernel computes t on a (th + k - 1) x (tw + k - 1) halo padded to a power of two
+    (a 7x7 map: a 9x9 halo in 128 lanes), this one computes it on the tile's in-image pixels only, the images
+    flattened one after another (2 x 49 pixels in 128 lanes, 5 x 49 in 256, 196 in 256): the GEMM has M = M_LANES
+    (>= IMGS x GEMM_ROWS x W), K = C_in in BLOCK_CI steps (software-pipelined), N = BLOCK_CO (up to 128).
+    Persistent programs; each owns a scratch slot laid out as the zero-padded tile (IMGS x SLOT_H x SLOT_W pixels x
+    BLOCK_CO, then TAPS x BLOCK_CO depthwise weights). The slot is zeroed once per program: the GEMM only ever
+    writes the in-image columns (and, whole-image tiles, the in-image rows), so the padding stays zero and every
+    tap reads its shifted window without masks, as in the staged kernel. Band tiles recompute their halo rows
+    (GEMM_ROWS = the band's input rows; rows outside the image are masked to 0, their mid_bias too).
+    Tile order: channel block fastest (the programs running together share the x rows in L2).
+    The output is walked in OUT_CHUNK-lane chunks (a runtime loop: bounds the registers of the tap loads)."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    VEC: tl.constexpr = 128 // scratch_ptr.dtype.element_ty.primitive_bitwidth
+    SLOT_PIX: tl.constexpr = IMGS * SLOT_H * SLOT_W
+    GEMM_PIX: tl.constexpr = IMGS * GEMM_ROWS * IN_W
+    OUT_PIX: tl.constexpr = IMGS * ROWS * OUT_W
+    cl = tl.arange(0, BLOCK_CO)
+    slot = scratch_ptr + pid * ((SLOT_PIX + TAPS) * BLOCK_CO)
+    wslot = slot + SLOT_PIX * BLOCK_CO
+    tp = tl.arange(0, TAPS)
+    # zero the slot's padding once (the GEMM never writes it): per image, the rows above the GEMM rows, the
+    # columns left and right of them, the rows below, enumerated in that order (divisions by constants)
+    TOP: tl.constexpr = ROW0 * SLOT_W
+    SIDE: tl.constexpr = SLOT_W - IN_W
+    MID: tl.constexpr = GEMM_ROWS * SIDE
+    BORDER: tl.constexpr = SLOT_H * SLOT_W - GEMM_ROWS * IN_W
+    hp = tl.arange(0, M_LANES)
+    for z in tl.static_range(ZERO_STEPS):
+        b = z * M_LANES + hp
+        e = b % BORDER
+        m = tl.maximum(e - TOP, 0)
+        side_c = m % (SIDE if SIDE > 0 else 1)
+        mid_pix = (ROW0 + m // (SIDE if SIDE > 0 else 1)) * SLOT_W + tl.where(side_c < PW, side_c, side_c + IN_W)
+        pix = tl.where(e < TOP, e, tl.where(e < TOP + MID, mid_pix, (ROW0 + GEMM_ROWS) * SLOT_W + (e - TOP - MID)))
+        zp = (b // BORDER) * (SLOT_H * SLOT_W) + pix
+        tl.store(slot + zp[:, None] * BLOCK_CO + cl[None, :], tl.zeros((M_LANES, BLOCK_CO), scratch_ptr.dtype.element_ty),
+                 mask=(b < IMGS * BORDER)[:, None])
+    # GEMM lanes: image, row, column of each pixel (divisions by constants)
+    g_img = hp // (GEMM_ROWS * IN_W)
+    g_row = (hp % (GEMM_ROWS * IN_W)) // IN_W
+    g_col = hp % IN_W
+    lane_real = hp < GEMM_PIX
+    # slot row of each GEMM lane; padding lanes point at row 0 (never stored: masked)
+    s_row = tl.where(lane_real, (g_img * SLOT_H + ROW0 + g_row) * SLOT_W + PW + g_col, 0)
+    for tile in range(pid, total_tiles, nprog):
+        pid_co = tile % CO_BLOCKS
+        rest = tile // CO_BLOCKS
+        band = rest % BANDS
+        n0 = (rest // BANDS) * IMGS
+        oh0 = band * ROWS
+        co = pid_co * BLOCK_CO + cl
+        co_ok = co < C_out
+        ih = oh0 * SH - PH + ROW0 + g_row
+        in_img = lane_real & (n0 + g_img < N) & (ih >= 0) & (ih < H)
+        if X_OFF32:
+            x_pix = x_ptr + n0.to(tl.int64) * sxn + (g_img * sxn + ih * sxh + g_col * sxw)
+        else:
+            x_pix = (x_ptr + n0.to(tl.int64) * sxn + g_img.to(tl.int64) * sxn + ih.to(tl.int64) * sxh
+                     + g_col.to(tl.int64) * sxw)
+        # mid_bias is the accumulator's initial value at in-image pixels (x is 0 elsewhere, so t stays 0 there):
+        # its vector is dead before the GEMM instead of live across it (32 registers in the wgmma layout: the
+        # 5-image tiles spill otherwise)
+        if HAS_MID:
+            mb = tl.load(mid_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
+            t = tl.where(in_img[:, None], mb[None, :], 0.0)
+        else:
+            t = tl.zeros((M_LANES, BLOCK_CO), dtype=tl.float32)
+        for ci0 in range(0, C_in, BLOCK_CI):
+            ci = ci0 + tl.arange(0, BLOCK_CI)
+            ci_ok = ci < C_in
+            if X_OFF32:
+                xt = tl.load(x_pix[:, None] + ci[None, :] * sxc, mask=in_img[:, None] & ci_ok[None, :], other=0.0)
+            else:
+                xt = tl.load(x_pix[:, None] + ci[None, :].to(tl.int64) * sxc, mask=in_img[:, None] & ci_ok[None, :],
+                             other=0.0)
+            wt = tl.load(pw_ptr + co[None, :] * C_in + ci[:, None], mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
+            if UPCAST:  # the interpreter computes bf16 wrongly: do the GEMM in fp32 there
+                xt = xt.to(tl.float32)
+                wt = wt.to(tl.float32)
+            t = tl.dot(xt, wt, t, input_precision=INPUT_PRECISION)
+        wt = tl.load(dw_ptr + co[None, :] * (KH * KW) + tp[:, None], mask=(tp[:, None] < KH * KW) & co_ok[None, :],
+                     other=0.0)
+        tl.debug_barrier()  # every thread is done reading the previous tile's slot (and the zeroing is done)
+        tl.store(tl.max_contiguous(tl.multiple_of(slot + s_row[:, None] * BLOCK_CO + cl[None, :], [1, 16]), [1, VEC]),
+                 t.to(scratch_ptr.dtype.element_ty), mask=lane_real[:, None])
+        tl.store(wslot + tp[:, None] * BLOCK_CO + cl[None, :], wt)
+        tl.debug_barrier()  # the slot holds the whole tile
+        if HAS_BIAS:
+            bv = tl.load(bias_ptr + co, mask=co_ok, other=0.0).to(tl.float32)
+        for c in range(n_chunks):
+            q = c * OUT_CHUNK + tl.arange(0, OUT_CHUNK)
+            o_img = q // (ROWS * OUT_W)
+            o_row = (q % (ROWS * OUT_W)) // OUT_W
+            o_col = q % OUT_W
+            oh = oh0 + o_row
+            out_ok = (q < OUT_PIX) & (n0 + o_img < N) & (oh < Ho)
+            # the slot row of tap (0, 0) per output pixel; lanes past the tile read row 0
+            win = tl.where(q < OUT_PIX, (o_img * SLOT_H + o_row * SH) * SLOT_W + o_col * SW, 0) * BLOCK_CO
+            acc = tl.zeros((OUT_CHUNK, BLOCK_CO), dtype=tl.float32)
+            for r in range(n_taps):  # a runtime loop: unrolled, every tap's loads are hoisted (registers)
+                kh = r // KW
+                kw = r % KW
+                row = slot + win[:, None] + ((kh * DH * SLOT_W + kw * DW) * BLOCK_CO) + cl[None, :]
+                # a pointer's divisibility is in bytes (Triton's AxisInfo: addptr multiplies the offset's by the
+                # element size), contiguity in elements: 16-byte aligned runs of VEC channels -> 16-byte loads
+                tv = tl.load(tl.max_contiguous(tl.multiple_of(row, [1, 16]), [1, VEC]))
+                wv = tl.load(tl.max_contiguous(tl.multiple_of(wslot + r * BLOCK_CO + cl, [16]), [VEC]))
+                acc += tv.to(tl.float32) * wv.to(tl.float32)[None, :]
+            if HAS_BIAS:
+                acc += bv[None, :]
+            acc = apply_activation(acc, ACT)
+            y_img = y_ptr + n0.to(tl.int64) * syn
+            if Y_OFF32:  # every offset inside the tile's images of y fits 32 bits (checked by the launcher)
+                y_ptrs = y_img + (o_img * syn + oh * syh + o_col * syw)[:, None] + co[None, :] * syc
+            else:
+                y_ptrs = y_img + (o_img.to(tl.int64) * syn + oh.to(tl.int64) * syh + o_col.to(tl.int64) * syw)[:, None] \
+                    + co[None, :].to(tl.int64) * syc
+            tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_ok[:, None] & co_ok[None, :])

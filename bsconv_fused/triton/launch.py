@@ -14,8 +14,9 @@ import torch
 from .._shapes import empty_output, pw_as_matrix, validate
 from ..activation import name_of
 from .backward import bsconv_bwd_dx_kernel, bsconv_bwd_dxw_kernel, bsconv_bwd_w_kernel
-from .forward import bsconv_fwd_flat_kernel, bsconv_fwd_kernel, bsconv_fwd_staged_kernel
-from .plan import DDW_REG_MAX_TAPS, FUSED_PROGRAMS_PER_SM, cdiv, plan_backward, plan_forward, taps_pow2, weight_grad_groups
+from .forward import bsconv_fwd_flat_kernel, bsconv_fwd_kernel, bsconv_fwd_rows_kernel, bsconv_fwd_staged_kernel
+from .plan import (DDW_REG_MAX_TAPS, FUSED_PROGRAMS_PER_SM, cdiv, plan_backward, plan_forward, rows_tiles,
+                   taps_pow2, weight_grad_groups)
 
 Pair = Tuple[int, int]
 
@@ -99,20 +100,31 @@ def _channel_loop(name: str, channels: int, block: int) -> Tuple[Loop, ...]:
     return (Loop(name, cdiv(channels, block)),) if channels != 1 else ()
 
 
+def _arch(t: torch.Tensor) -> int:
+    """Compute capability x 10 of t's GPU; 90 off a GPU (the interpreter and meta tensors plan as for an H100)."""
+    if t.is_cuda:
+        major, minor = torch.cuda.get_device_capability(t.device)
+        return 10 * major + minor
+    return 90
+
+
 def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional[torch.Tensor],
                      stride: Pair, padding: Pair, dilation: Pair,
-                     activation: int = 0) -> Tuple[torch.Tensor, List[Launch]]:
-    """activation: the epilogue's code (bsconv_fused/activation.py), the kernels' ACT constexpr: each code is its
-    own compiled variant, and 0 compiles to the kernel without epilogue."""
+                     activation: int = 0, arch: Optional[int] = None) -> Tuple[torch.Tensor, List[Launch]]:
+    """The forward's launches. activation: the epilogue's code (bsconv_fused/activation.py), the kernels' ACT
+    constexpr: each code is its own compiled variant, and 0 compiles to the kernel without epilogue. arch: plan for
+    this compute capability x 10 instead of x's device (the ahead-of-time compile builds sm_80 launches from meta
+    tensors)."""
     g = validate(x, pw, dw, bias, mid_bias, stride, padding, dilation)
     name_of(activation)  # validates: an unknown code must not reach the kernels
     pw = pw_as_matrix(pw).contiguous()
     dw = dw.contiguous()
     bias = bias.contiguous() if bias is not None else None
     mid_bias = mid_bias.contiguous() if mid_bias is not None else None
-    # BSCONV_FUSED_TRITON_FWD pins the forward variant ("staged", "flat" or "separable"): for tests and tuning
+    # BSCONV_FUSED_TRITON_FWD pins the forward variant ("staged", "rows", "flat" or "separable"): for tests and tuning
     channels_last = x.dim() == 4 and x.stride(1) == 1 and g.C_in > 1
-    p = plan_forward(g, os.environ.get("BSCONV_FUSED_TRITON_FWD", ""), channels_last, x.element_size())
+    p = plan_forward(g, os.environ.get("BSCONV_FUSED_TRITON_FWD", ""), channels_last, x.element_size(),
+                     arch if arch is not None else _arch(x))
     y = empty_output(x, g.out_shape)
     upcast, precision = _dtype_flags(x.dtype)
     co_blocks = cdiv(g.C_out, p.block_co)
@@ -123,6 +135,8 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
     tensors = (x, pw, dw, bias if bias is not None else dw, mid_bias if mid_bias is not None else dw, y)
     sizes = (g.C_in, g.C_out, g.H, g.W, g.Ho, g.Wo, *x.stride(), *y.stride())
     n_ci = cdiv(g.C_in, p.block_ci)
+    if p.variant == "rows":
+        return y, [_rows_launch(g, p, x, y, tensors, sizes, common)]
     if p.variant == "staged":
         # persistent grid: the programs that fit the GPU at once, each looping over its tiles; the interpreter runs
         # programs one after another, so there a few programs cover the same tile loop
@@ -161,6 +175,38 @@ def forward_launches(x, pw, dw, bias: Optional[torch.Tensor], mid_bias: Optional
             _const_loops(Loop("kh", g.kh, optional=True), Loop("kw", g.kw, optional=True))),
     )
     return y, [launch]
+
+
+def _span(t: torch.Tensor, images: int) -> int:
+    """One past the largest element offset inside `images` consecutive images of a 4-D tensor view."""
+    return _image_span(t) + (images - 1) * abs(t.stride(0))
+
+
+def _rows_launch(g, p, x, y, tensors, sizes, common) -> Launch:
+    """The whole-rows forward (bsconv_fwd_rows_kernel): persistent programs over (image group, band, C_out block)
+    tiles, channel block fastest."""
+    tiles = rows_tiles(g, p)
+    programs = min(tiles, 4 if _interpreting() else p.programs_per_sm * _sm_count(x))
+    slot_pix = p.imgs * p.slot_h * p.slot_w
+    taps = taps_pow2(g)
+    # one slot per program: the zero-padded tile of t in x's dtype (fp32 for fp32), then the tap weights
+    scratch = torch.empty(programs * (slot_pix + taps) * p.block_co, dtype=x.dtype, device=x.device)
+    n_chunks = cdiv(p.imgs * p.rows * g.Wo, p.out_chunk)
+    n_taps = g.kh * g.kw
+    return Launch(
+        bsconv_fwd_rows_kernel, (programs,),
+        tensors + (scratch,) + sizes + (g.N, tiles, n_taps, n_chunks),
+        dict(common, PH=g.padding[0], PW=g.padding[1], IMGS=p.imgs, ROWS=p.rows, BANDS=p.tiles_h,
+             CO_BLOCKS=cdiv(g.C_out, p.block_co), IN_W=g.W, OUT_W=g.Wo, GEMM_ROWS=p.gemm_rows, ROW0=p.row0,
+             SLOT_H=p.slot_h, SLOT_W=p.slot_w, M_LANES=p.halo_lanes, OUT_CHUNK=p.out_chunk, TAPS=taps,
+             ZERO_STEPS=cdiv(slot_pix - p.imgs * p.gemm_rows * g.W, p.halo_lanes), num_stages=p.num_stages,
+             X_OFF32=_span(x, p.imgs) < 2**31, Y_OFF32=_span(y, p.imgs) < 2**31),
+        # tiles, C_in steps, output chunks, taps; a run-time count equal to 1 is specialised to a constant by the
+        # JIT and its loop folds away
+        loops=(Loop("tiles", tiles / programs),) + ((Loop("c_in", cdiv(g.C_in, p.block_ci)),) if g.C_in > 1 else ())
+              + ((Loop("chunks", n_chunks),) if n_chunks > 1 else ()) + ((Loop("taps", n_taps),) if n_taps > 1 else ()),
+        scratch=(scratch,),
+    )
 
 
 def _max_offset(shape, strides) -> int:

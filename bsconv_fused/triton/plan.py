@@ -23,7 +23,7 @@ TILE_OVERHEAD = 256
 MAX_HALO_LANES = 256  # beyond this the intermediate tile no longer fits the register budget
 BWD_LANES = 128
 # the forward kernels a plan can pick; BSCONV_FUSED_TRITON_FWD pins one (tests run every variant)
-FORWARD_VARIANTS = ("staged", "separable", "flat")
+FORWARD_VARIANTS = ("staged", "rows", "separable", "flat")
 
 
 def next_pow2(v: int) -> int:
@@ -53,6 +53,16 @@ class ForwardPlan:
     programs_per_sm: int = 0  # staged: resident programs per SM of the persistent grid
     unroll_kw: bool = False  # staged: the tap loop walks kernel rows with the columns unrolled (else one tap a step)
     num_stages: int = 3  # software pipelining depth of the GEMM loop
+    # rows (bsconv_fwd_rows_kernel): a tile is `imgs` whole images (rows == Ho) or a band of `rows` full-width
+    # output rows of one image; the GEMM covers gemm_rows input rows per image (in-image rows only for whole
+    # images) starting at slot row row0, in m_lanes lanes; the slot is imgs x slot_h x slot_w pixels
+    imgs: int = 0
+    rows: int = 0
+    gemm_rows: int = 0
+    row0: int = 0
+    slot_h: int = 0
+    slot_w: int = 0
+    out_chunk: int = 0
 
     @property
     def flat(self) -> bool:
@@ -182,6 +192,29 @@ H100 = dict(sms=132, clock=1.755e9, issue=4, dram=3.0e12, tensor=700e12, l2=7.0e
 # fp32 inputs (their t tile and operands double: 64 spill in the sm_90 compile)
 STAGED_MAX_TILE_VALUES = {2: 16384, 4: 8192}
 STAGED_L2_CALIBRATION = 1.41
+# rows kernel: output values (lanes x BLOCK_CO) per chunk of the tap loop (64 fp32 accumulators per thread at 8 warps)
+ROWS_OUT_VALUES = 16384
+# GEMM lanes x BLOCK_CO of the rows kernel's t accumulator, key (channels_last, bytes per element): 128 fp32 per
+# thread at 8 warps for 16-bit channels_last inputs (operands through cp.async into shared memory); NCHW x tiles
+# go through registers (scalar loads): NCHW tiles hold one image (several images' per-lane addresses spill: 136-392
+# B of stack at 7x7), 128 x 128 fits sm_90 (236-254 registers at 14x14), sm_80 spills it (8192 there)
+ROWS_MAX_TILE_VALUES = {(True, 2): 32768, (False, 2): 16384, (True, 4): 16384, (False, 4): 8192}
+ROWS_SM80_MAX_TILE_VALUES = 16384
+ROWS_MAX_LANES = 256
+# rows kernel issue model: warp-instructions per program and tile (the sum over its warps), fit to the per-loop
+# instruction counts of its sm_90 SASS (Triton 3.8, fp16, N=64: 128->256@28 and 512->512@14 channels_last,
+# 256->256@28 and 1024->1024@7 NCHW). Elements: GEMM = lanes x BLOCK_CO, step = lanes x BLOCK_CI, out = chunk
+# lanes x BLOCK_CO. A static prediction, not a measurement; re-fit after changing the kernel.
+ROWS_TILE_PER_WARP = 208  # tile decode, barriers, the pipeline prologue
+ROWS_TILE_PER_GEMM_ELEM = 0.076  # mid_bias, t -> slot (layout conversion, STG)
+ROWS_CI_STEP_PER_WARP = 34  # one BLOCK_CI step (and each of the num_stages - 1 prologue steps): cp.async, wgmma
+ROWS_CI_STEP_PER_ELEM = 0.053
+ROWS_CI_STEP_PER_ELEM_NCHW = 0.2  # NCHW: scalar 16-bit x loads, their addresses and the shared-memory stores
+ROWS_CHUNK_PER_WARP = 40
+ROWS_OUT_PER_ELEM = 0.226  # per output chunk: window addresses, bias, the y store
+ROWS_TAP_PER_WARP = 23
+ROWS_TAP_PER_OUT_ELEM = 0.070  # LDG.128 per 8 channels, cvt, FFMA
+ROWS_SMEM_OVER_TENSOR = {64: 1.35, 128: 1.10}
 # This cost model reads 5-19% below the full static report (bench/static) on the channels_last K=3 suite layers
 # (fp16, N=64: 69.4 vs 73.1 us at 32->64@112, 31.6 vs 39.2 us at 256->256@28); forward_loses therefore asks it to
 # win by this margin, so that "auto" never picks the fused forward on a layer the full report predicts to lose.
@@ -259,6 +292,45 @@ def predict_staged(g: Geometry, p: "ForwardPlan", channels_last: bool = True, dt
     return StagedCost(issue=issue, tensor=tensor, smem=smem, dram=dram, l2=l2)
 
 
+def predict_rows(g: Geometry, p: "ForwardPlan", channels_last: bool = True, dtype="float16",
+                 machine=H100) -> StagedCost:
+    """Static prediction of the whole-rows forward (bsconv_fwd_rows_kernel); see ROWS_* for the calibration."""
+    tiles = rows_tiles(g, p)
+    gemm = p.halo_lanes * p.block_co
+    out_pix = p.imgs * p.rows * g.Wo
+    n_chunks = cdiv(out_pix, p.out_chunk)
+    outv = n_chunks * p.out_chunk * p.block_co
+    n_ci = cdiv(g.C_in, p.block_ci)
+    w = p.num_warps
+    per_tile = (w * ROWS_TILE_PER_WARP + ROWS_TILE_PER_GEMM_ELEM * gemm
+                + (n_ci + p.num_stages - 1) * (w * ROWS_CI_STEP_PER_WARP + (ROWS_CI_STEP_PER_ELEM if channels_last else
+                                                       ROWS_CI_STEP_PER_ELEM_NCHW) * p.halo_lanes * p.block_ci)
+                + n_chunks * w * ROWS_CHUNK_PER_WARP + ROWS_OUT_PER_ELEM * outv
+                + g.kh * g.kw * (n_chunks * w * ROWS_TAP_PER_WARP + ROWS_TAP_PER_OUT_ELEM * outv))
+    programs = min(tiles, p.programs_per_sm * machine["sms"])
+    per_sm_tiles = cdiv(tiles, programs) * min(p.programs_per_sm, cdiv(programs, machine["sms"]))
+    issue = per_sm_tiles * per_tile / (machine["issue"] * machine["clock"])
+    b = _elem_size(dtype)
+    # tensor time of the busiest SM (a grid of few large tiles leaves SMs idle)
+    flops = 2.0 * per_sm_tiles * machine["sms"] * p.halo_lanes * p.block_co * n_ci * p.block_ci
+    tensor = flops / machine["tensor"] * (2 if b == 4 else 1)
+    dram = b * (g.N * g.H * g.W * g.C_in + g.N * g.Ho * g.Wo * g.C_out + g.C_in * g.C_out
+                + g.C_out * (g.kh * g.kw + 1)) / machine["dram"]
+    smem = ROWS_SMEM_OVER_TENSOR.get(p.block_co, 1.35 * 64 / p.block_co if p.block_co < 64 else 1.1) * tensor
+    # L2 bytes the static report charges (cp.async .BYPASS loads and every store, whole warps): per tile and C_in
+    # step the pw block and the x rows (channels_last; NCHW x loads go through L1), counted for the num_stages - 1
+    # prologue steps of the software pipeline too (the report counts their predicated-off tail copies as full);
+    # t into the slot, the tap weights, y per output chunk; the slot padding zeroed once per program
+    t_size = 4 if b == 4 else b
+    per = p.imgs * p.gemm_rows * g.W * p.block_co * t_size + next_pow2(g.kh * g.kw) * p.block_co * t_size
+    per += (n_ci + p.num_stages - 1) * p.block_ci * ((p.halo_lanes if channels_last else 0) + p.block_co) * b
+    per += b * n_chunks * p.out_chunk * p.block_co
+    border = p.imgs * (p.slot_h * p.slot_w - p.gemm_rows * g.W)
+    zero = programs * cdiv(border, p.halo_lanes) * p.halo_lanes * p.block_co * t_size
+    l2 = max(dram, (tiles * per + zero) / machine.get("l2", 7.0e12))
+    return StagedCost(issue=issue, tensor=tensor, smem=smem, dram=dram, l2=l2)
+
+
 def unfused_forward_seconds(g: Geometry, dtype="float16", machine=H100) -> float:
     """Roofline of the ideal two-layer path (bsconv_fused/bench/bounds.py's formula): a pointwise kernel writing t
     and a depthwise kernel reading it, each max(bytes / bandwidth, GEMM FLOPs / tensor throughput)."""
@@ -312,19 +384,85 @@ def plan_staged(g: Geometry, channels_last: bool = True, elem_size: int = 2) -> 
 def forward_loses(g: Geometry, dtype, channels_last: bool = True) -> Optional[str]:
     """Why the fused forward is predicted slower than the ideal two-layer path for geometry g, or None.
 
-    Both sides are static H100 predictions: the staged kernel's cost model (predict_staged, calibrated on its SASS)
-    against the unfused roofline (unfused_forward_seconds). The backend choice runs the two-layer path when this
+    Both sides are static H100 predictions: the cost model of the kernel plan_forward picks (predict_forward:
+    predict_staged or predict_rows, each calibrated on its SASS) against the unfused roofline
+    (unfused_forward_seconds). The backend choice runs the two-layer path when this
     returns a reason."""
     if unsupported_reason(g):
         return unsupported_reason(g)
     p = plan_forward(g, "", channels_last, _elem_size(dtype))
-    cost = predict_staged(g, p, channels_last, dtype)
+    cost = predict_forward(g, p, channels_last, dtype)
     unfused = unfused_forward_seconds(g, dtype)
     if cost.full * FORWARD_MODEL_MARGIN > unfused:
         return (f"the fused Triton forward is predicted at {cost.full * 1e6:.1f} us ({cost.binding}-bound) against "
                 f"{unfused * 1e6:.1f} us for the ideal two-layer path (static H100 model, with a "
                 f"{FORWARD_MODEL_MARGIN}x margin)")
     return None
+
+
+def rows_plan(g: Geometry, imgs: int, rows: int, block_co: int, block_ci: int = 0, num_stages: int = 3,
+              num_warps: int = 8) -> ForwardPlan:
+    """The whole-rows kernel's plan: `imgs` whole images per tile (rows == Ho) or a band of `rows` output rows of
+    one image (imgs == 1)."""
+    sh, sw = g.stride
+    dh, dw = g.dilation
+    ph, pw = g.padding
+    whole = rows >= g.Ho
+    rows = min(rows, g.Ho)
+    if not whole and imgs != 1:
+        raise ValueError(f"a band of {rows} rows (< Ho = {g.Ho}) takes one image per tile, got imgs={imgs}")
+    span_h = (rows - 1) * sh + (g.kh - 1) * dh + 1  # slot rows the taps read
+    # whole images: the GEMM computes the H in-image rows at slot rows ph.. (the rest stays zero); bands: every
+    # input row of the band (those outside the image come out 0: masked x, no mid_bias)
+    gemm_rows, row0 = (g.H, ph) if whole else (span_h, 0)
+    slot_h = max(span_h, row0 + gemm_rows)
+    slot_w = max((g.Wo - 1) * sw + (g.kw - 1) * dw + 1, pw + g.W)
+    m_lanes = max(64, next_pow2(imgs * gemm_rows * g.W))
+    out_pix = imgs * rows * g.Wo
+    out_chunk = max(16, min(next_pow2(out_pix), ROWS_OUT_VALUES // block_co))
+    bands = cdiv(g.Ho, rows)
+    return ForwardPlan(
+        variant="rows", th=rows, tw=g.Wo, halo_h=slot_h, halo_w=slot_w, halo_lanes=m_lanes, out_h=0, out_w=0,
+        out_lanes=out_chunk, tiles_h=bands, tiles_w=1, block_co=block_co,
+        block_ci=block_ci or _dot_block(g.C_in, 64), num_warps=num_warps, programs_per_sm=1, num_stages=num_stages,
+        imgs=imgs, rows=rows, gemm_rows=gemm_rows, row0=row0, slot_h=slot_h, slot_w=slot_w, out_chunk=out_chunk)
+
+
+def rows_tiles(g: Geometry, p: ForwardPlan) -> int:
+    return cdiv(g.N, p.imgs) * p.tiles_h * cdiv(g.C_out, p.block_co)
+
+
+def _rows_cap(channels_last: bool, elem_size: int, arch: int = 90) -> int:
+    cap = ROWS_MAX_TILE_VALUES[(channels_last, 4 if elem_size >= 4 else 2)]
+    # sm_80's mma.sync takes its operand fragments into registers: the 256 x 128 tile spills there (80 B at 7x7),
+    # and the NCHW 128 x 128 one (248-392 B)
+    return cap if arch >= 90 else min(cap, ROWS_SM80_MAX_TILE_VALUES if channels_last else 8192)
+
+
+def _rows_candidates(g: Geometry, channels_last: bool, elem_size: int, arch: int = 90):
+    cap = _rows_cap(channels_last, elem_size, arch)
+    shapes = [(i, g.Ho) for i in range(1, g.N + 1)] + [(1, r) for r in range(1, g.Ho)]
+    for block_co in sorted({_dot_block(g.C_out, 64), _dot_block(g.C_out, 128)}):
+        for block_ci in sorted({_dot_block(g.C_in, 32), _dot_block(g.C_in, 64)}):
+            for stages in (2, 3):
+                for imgs, rows in shapes:
+                    p = rows_plan(g, imgs, rows, block_co, block_ci, stages)
+                    if p.halo_lanes * block_co > cap or p.halo_lanes > ROWS_MAX_LANES or (imgs > 1 and not
+                                                                                            channels_last):
+                        continue
+                    cost = predict_rows(g, p, channels_last, "float32" if elem_size >= 4 else "float16").full
+                    yield cost, p.halo_lanes, -stages, p
+
+
+def plan_rows(g: Geometry, channels_last: bool = True, elem_size: int = 2, arch: int = 90) -> ForwardPlan:
+    """The whole-rows tile, channel blocks and pipeline depth with the lowest predicted time (ties: fewer GEMM
+    lanes, then the deeper pipeline)."""
+    best = min(_rows_candidates(g, channels_last, elem_size, arch), key=lambda c: c[:3], default=None)
+    if best is None:
+        raise ValueError(f"no whole-rows forward tile fits geometry {g}: the input rows of one output row "
+                         f"({(g.kh - 1) * g.dilation[0] + 1} x {g.W} pixels) exceed the rows kernel's GEMM tile "
+                         f"({ROWS_MAX_LANES} lanes, {_rows_cap(channels_last, elem_size, arch)} values with 16 channels)")
+    return best[3]
 
 
 def _legacy_plan(g: Geometry, variant: str) -> ForwardPlan:
@@ -346,17 +484,39 @@ def _legacy_plan(g: Geometry, variant: str) -> ForwardPlan:
 
 
 @functools.lru_cache(maxsize=1024)
-def plan_forward(g: Geometry, variant: str = "", channels_last: bool = True, elem_size: int = 2) -> ForwardPlan:
+def plan_forward(g: Geometry, variant: str = "", channels_last: bool = True, elem_size: int = 2,
+                 arch: int = 90) -> ForwardPlan:
     """The forward tile plan for geometry g.
 
     variant: "" (the default: staged), "staged", "flat" or "separable" (the older gather kernels; tests and
     tuning pin one). channels_last: x's layout (NCHW x loads cost more in the staged kernel's GEMM). elem_size: bytes
-    per element of x (fp32 tiles are capped smaller: registers)."""
-    if variant not in ("", "staged", "flat", "separable"):
-        raise ValueError(f"variant must be '', 'staged', 'flat' or 'separable', got {variant!r}")
+    per element of x (fp32 tiles are capped smaller: registers). arch: the GPU's compute capability x 10 (the rows
+    kernel's largest tile fits sm_90's registers only); the costs are the H100 model's either way."""
+    if variant not in ("", "staged", "rows", "flat", "separable"):
+        raise ValueError(f"variant must be '', 'staged', 'rows', 'flat' or 'separable', got {variant!r}")
     if variant in ("flat", "separable"):
         return _legacy_plan(g, variant)
-    return plan_staged(g, channels_last, elem_size)
+    if variant == "rows":
+        return plan_rows(g, channels_last, elem_size, arch)
+    staged = plan_staged(g, channels_last, elem_size)
+    if variant == "staged":
+        return staged
+    # the default: the variant the model predicts faster (issue 7: chosen by predicted cost, not by hand)
+    dtype = "float32" if elem_size >= 4 else "float16"
+    try:
+        rows = plan_rows(g, channels_last, elem_size, arch)
+    except ValueError:  # input rows too wide for the rows kernel's GEMM tile
+        return staged
+    if predict_forward(g, rows, channels_last, dtype).full < predict_forward(g, staged, channels_last, dtype).full:
+        return rows
+    return staged
+
+
+def predict_forward(g: Geometry, p: ForwardPlan, channels_last: bool = True, dtype="float16") -> StagedCost:
+    """The static prediction of the kernel plan p runs (staged or rows)."""
+    if p.variant == "rows":
+        return predict_rows(g, p, channels_last, dtype)
+    return predict_staged(g, p, channels_last, dtype)
 
 
 def _bwd_tile(ext_h: int, ext_w: int, lanes: int) -> Tuple[int, int]:

@@ -50,12 +50,13 @@ def layer_tensors(case: LayerCase, layout: str):
     return x, pw, dw, bias
 
 
-def triton_launches(case: LayerCase, layout: str, direction: str):
+def triton_launches(case: LayerCase, layout: str, direction: str, arch: int = 90):
     from ...triton.launch import backward_launches, forward_launches
 
     x, pw, dw, bias = layer_tensors(case, layout)
     s, p, d = (case.stride,) * 2, (case.padding,) * 2, (1, 1)
-    y, fwd = forward_launches(x, pw, dw, bias, None, s, p, d)
+    # the forward plan depends on the architecture (register budgets): plan for the one compiled
+    y, fwd = forward_launches(x, pw, dw, bias, None, s, p, d, arch=arch)
     if direction == "forward":
         return fwd
     if direction == "backward":
@@ -65,7 +66,7 @@ def triton_launches(case: LayerCase, layout: str, direction: str):
 
 
 def _triton_kernels(case: LayerCase, layout: str, direction: str, arch: int) -> List[CompiledLaunch]:
-    return [compile_for_model(launch, arch) for launch in triton_launches(case, layout, direction)]
+    return [compile_for_model(launch, arch) for launch in triton_launches(case, layout, direction, arch)]
 
 
 BACKENDS: Dict[str, Callable[[LayerCase, str, str, int], List[CompiledLaunch]]] = {"triton": _triton_kernels}
