@@ -160,7 +160,7 @@ def test_small_layer_mismatch_fails_loudly(small_layer):
 
 
 ROW_FIELDS = {"layer", "layout", "dtype", "direction", "backend", "kernels", "predicted_us", "predicted_us_h200",
-              "binding", "fused_roofline_us", "unfused_roofline_us", "predicted_speedup"}
+              "binding", "fused_roofline_us", "unfused_roofline_us", "predicted_speedup", "kernel_size", "stride"}
 
 
 def test_cli_json_and_markdown(tmp_path):
@@ -181,7 +181,8 @@ def test_cli_json_and_markdown(tmp_path):
         assert r["predicted_speedup"] == pytest.approx(r["unfused_roofline_us"] / r["predicted_us"], rel=1e-2)
         assert 0 < r["fused_roofline_us"] < r["unfused_roofline_us"]
     text = md.read_text()
-    assert "static predictions, not measurements" in text and "| 32->64@112 | fp16 | channels_last |" in text
+    assert "static predictions, not measurements" in text
+    assert "| 32->64@112 | fp16 | channels_last | 3 | 1 | forward | triton |" in text
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
@@ -193,6 +194,44 @@ def test_cli_rejects_bad_arguments(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bsconv_fused.bench.static", "--filter", "no-such-layer"], env=env,
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "matches no layer" in r.stderr
+
+
+def test_suite_variants_carry_kernel_size_and_stride():
+    from bsconv_fused.bench.static.report import suite
+
+    default = suite(["fp16"])
+    assert {(c.K, c.stride) for c, _ in default} == {(3, 1)} and len(default) == 18  # 9 layers x 2 layouts
+    both = suite(["fp16"], "", ("layers", "variants"))
+    assert len(both) == 54 and {(c.K, c.stride) for c, _ in both} == {(3, 1), (5, 1), (3, 2)}
+    # the layer name is the same for every variant: the K / s tokens of the filter tell them apart
+    picked = suite(["fp16"], "128->128@56 K5 nchw", ("layers", "variants"))
+    assert [(c.layer, c.K, c.stride, lay) for c, lay in picked] == [("128->128@56", 5, 1, "nchw")]
+    with pytest.raises(ValueError, match="suites must be"):
+        suite(["fp16"], "", ("latency",))
+
+
+def test_cli_variant_rows_carry_kernel_size_and_stride(tmp_path):
+    # one strided layer, forward only (the rows' fields and markdown columns, not the kernels, are under test here)
+    js, md = tmp_path / "r.json", tmp_path / "r.md"
+    code = ("import json; from bsconv_fused.bench.static.report import build_report, to_markdown; "
+            "r = build_report('sm_90', ['fp16'], '32->64@112 s2 channels_last', directions=('forward',), "
+            "log=lambda s: None, suites=('layers', 'variants')); "
+            f"open({str(js)!r}, 'w').write(json.dumps(r)); open({str(md)!r}, 'w').write(to_markdown(r))")
+    _python(code, tmp_path / "cache")
+    report = json.loads(js.read_text())
+    assert report["header"]["suites"] == ["layers", "variants"]
+    [row] = report["rows"]
+    assert ROW_FIELDS <= set(row)
+    assert (row["layer"], row["kernel_size"], row["K"], row["stride"]) == ("32->64@112", 3, 3, 2)
+    assert "| 32->64@112 | fp16 | channels_last | 3 | 2 | forward | triton |" in md.read_text()
+
+
+def test_cli_rejects_bad_suite(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT
+    r = subprocess.run([sys.executable, "-m", "bsconv_fused.bench.static", "--suite", "latency"], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--suite must be" in r.stderr
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message of a machine without a GPU")
