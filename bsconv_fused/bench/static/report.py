@@ -205,8 +205,8 @@ def to_markdown(report: dict) -> str:
                    f"{r['predicted_speedup']:.2f}x |")
     m0 = machines[0]
     out += ["", f"## Kernels ({m0}; times in us per resource, the max is the bound)", "",
-            "| layer | dtype | layout | K | stride | backend | kernel | grid | regs | stack | smem KB | CTA/SM (limit) | waves | "
-            "loops (trips) | warp-instr/warp | " + " | ".join(_RES) + " | bound |",
+            "| layer | dtype | layout | K | stride | backend | kernel | grid | regs | stack | smem KB | "
+            "CTA/SM (limit) | waves | loops (trips) | warp-instr/warp | " + " | ".join(_RES) + " | bound |",
             "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---|---:|" + "---:|" * len(_RES) + "---|"]
     for r in rows:
         for k in r["kernels"]:
