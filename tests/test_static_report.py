@@ -169,7 +169,7 @@ def test_small_layer_mismatch_fails_loudly(small_layer):
 
 
 ROW_FIELDS = {"layer", "layout", "dtype", "direction", "backend", "kernels", "predicted_us", "predicted_us_h200",
-              "binding", "fused_roofline_us", "unfused_roofline_us", "predicted_speedup"}
+              "binding", "fused_roofline_us", "unfused_roofline_us", "predicted_speedup", "kernel_size", "stride"}
 
 
 def test_cli_json_and_markdown(tmp_path):
@@ -190,7 +190,8 @@ def test_cli_json_and_markdown(tmp_path):
         assert r["predicted_speedup"] == pytest.approx(r["unfused_roofline_us"] / r["predicted_us"], rel=1e-2)
         assert 0 < r["fused_roofline_us"] < r["unfused_roofline_us"]
     text = md.read_text()
-    assert "static predictions, not measurements" in text and "| 32->64@112 | fp16 | channels_last |" in text
+    assert "static predictions, not measurements" in text
+    assert "| 32->64@112 | fp16 | channels_last | 3 | 1 | forward | triton |" in text
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
@@ -204,9 +205,133 @@ def test_cli_rejects_bad_arguments(tmp_path):
     assert r.returncode == 1 and "matches no layer" in r.stderr
 
 
+def test_suite_variants_carry_kernel_size_and_stride():
+    from bsconv_fused.bench.static.report import suite
+
+    default = suite(["fp16"])
+    assert {(c.K, c.stride) for c, _ in default} == {(3, 1)} and len(default) == 18  # 9 layers x 2 layouts
+    both = suite(["fp16"], "", ("layers", "variants"))
+    assert len(both) == 54 and {(c.K, c.stride) for c, _ in both} == {(3, 1), (5, 1), (3, 2)}
+    # the layer name is the same for every variant: the K / s tokens of the filter tell them apart
+    picked = suite(["fp16"], "128->128@56 K5 nchw", ("layers", "variants"))
+    assert [(c.layer, c.K, c.stride, lay) for c, lay in picked] == [("128->128@56", 5, 1, "nchw")]
+    with pytest.raises(ValueError, match="suites must be"):
+        suite(["fp16"], "", ("latency",))
+
+
+def test_cli_variant_rows_carry_kernel_size_and_stride(tmp_path):
+    # one strided layer, forward only (the rows' fields and markdown columns, not the kernels, are under test here)
+    js, md = tmp_path / "r.json", tmp_path / "r.md"
+    code = ("import json; from bsconv_fused.bench.static.report import build_report, to_markdown; "
+            "r = build_report('sm_90', ['fp16'], '32->64@112 s2 channels_last', directions=('forward',), "
+            "log=lambda s: None, suites=('layers', 'variants')); "
+            f"open({str(js)!r}, 'w').write(json.dumps(r)); open({str(md)!r}, 'w').write(to_markdown(r))")
+    _python(code, tmp_path / "cache")
+    report = json.loads(js.read_text())
+    assert report["header"]["suites"] == ["layers", "variants"]
+    [row] = report["rows"]
+    assert ROW_FIELDS <= set(row)
+    assert (row["layer"], row["kernel_size"], row["K"], row["stride"]) == ("32->64@112", 3, 3, 2)
+    assert "| 32->64@112 | fp16 | channels_last | 3 | 2 | forward | triton |" in md.read_text()
+
+
+def test_cli_rejects_bad_suite(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT
+    r = subprocess.run([sys.executable, "-m", "bsconv_fused.bench.static", "--suite", "latency"], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--suite must be" in r.stderr
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message of a machine without a GPU")
 def test_calibrate_needs_a_gpu(capsys):
     from bsconv_fused.bench.static.calibrate import main
 
     assert main([]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+# The extension's CUDA kernels (bsconv_fused.bench.static.cuda): launch plans from the C++ planners (plan_probe) and
+# the compiled sm_90 kernels' registers and runtime loops, attributed to their source loops. nvcc compiles slowly on
+# a small machine (minutes per source), so one process compiles into a private cache and a second, with another
+# empty cache, compiles the forward again: equal loop inventories mean the analysis is deterministic.
+CUDA_LAYER = r"""
+import json, sys
+from bsconv_fused.bench.suites import LayerCase
+from bsconv_fused.bench.static import cuda
+case = LayerCase(64, 24, 32, 56, 56, 3, 1, "fp16")
+inv = cuda.inventory([(case, "channels_last"), (case, "nchw")], directions=tuple(sys.argv[1].split(",")),
+                     log=lambda s: None)
+print("RESULT" + json.dumps(inv))
+"""
+
+
+def _cuda_tools_missing():
+    from bsconv_fused.bench.static import cuda
+
+    try:
+        cuda.nvcc(), cuda.tool("cuobjdump"), cuda.tool("nvdisasm")
+    except cuda.ToolMissing as e:
+        return str(e)
+    return None
+
+
+needs_cuda_tools = pytest.mark.skipif(_cuda_tools_missing() is not None, reason="needs nvcc, cuobjdump and nvdisasm")
+
+
+def _cuda_inventory(cache, directions):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["BSCONV_FUSED_STATIC_CACHE"] = str(cache)
+    r = subprocess.run([sys.executable, "-c", CUDA_LAYER, directions], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=3600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads(r.stdout.split("RESULT", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def cuda_inventories(tmp_path_factory):
+    full = _cuda_inventory(tmp_path_factory.mktemp("cuda-cache-0"), "forward,backward")
+    again = _cuda_inventory(tmp_path_factory.mktemp("cuda-cache-1"), "forward")
+    return full, again
+
+
+@needs_cuda_tools
+def test_cuda_inventory_is_deterministic(cuda_inventories):
+    full, again = cuda_inventories
+    forward = [r for r in full["rows"] if r["direction"] == "forward"]
+    assert [r["kernels"] for r in forward] == [r["kernels"] for r in again["rows"]]
+
+
+@needs_cuda_tools
+def test_cuda_inventory_plans_and_loops(cuda_inventories):
+    rows = {(r["layout"], r["direction"]): r for r in cuda_inventories[0]["rows"]}
+    assert set(rows) == {(lay, d) for lay in ("nchw", "channels_last") for d in ("forward", "backward")}
+    for (layout, direction), r in rows.items():
+        assert r["backend"] == "cuda" and (r["kernel_size"], r["stride"]) == (3, 1) and "refused" not in r
+        names = [k["kernel"] for k in r["kernels"]]
+        # C_out = 32 -> channel block 32 for the forward and the depthwise-weight kernel; C_in = 24 -> 32 for dx/dpw
+        assert names == (["forward_kernel<fp16,32>"] if direction == "forward" else
+                         ["dx_kernel<fp16,32>", "dpw_kernel<fp16,32>", "wgrad_kernel<fp16,32>"]), names
+        for k in r["kernels"]:
+            assert k["block"] == [256] and k["regs"] > 0 and k["stack_bytes"] == 0
+            assert 0 < k["dynamic_shared_bytes"] <= 227 * 1024
+            assert k["occupancy"]["H100 SXM"]["ctas_per_sm"] >= 1
+            if k["kernel"].startswith("wgrad_kernel"):
+                # nvcc lays this kernel's loops out interleaved: the address-range loop model refuses it, loudly
+                assert "overlap without nesting" in k["loops_error"] and not k["sass_loops"]
+                continue
+            assert "loops_error" not in k
+            assert k["sass_loops"] and all(lp["source"] != "?" for lp in k["sass_loops"]), k["sass_loops"]
+        fwd = r["kernels"][0]
+        if direction == "forward":
+            p = fwd["plan"]
+            assert fwd["ctas"] == p["n_spatial"] * p["n_cob"] and p["n_cob"] == 1
+            assert p["n_spatial"] == 64 * p["tiles_h"] * p["tiles_w"]
+            texts = {lp["text"] for lp in fwd["sass_loops"]}
+            # the pointwise GEMM's C_in chunk loop and the 3x3 stencil's run loop are runtime loops of the kernel
+            assert "for (int64_t k0 = 0; k0 < g.C_in; k0 += kKC) {" in texts
+            assert "for (int u = lane; u < units; u += 32) {" in texts
+            # the stencil is inlined once per kernel width: its loops carry the call site of each switch case
+            sites = {lp["call_site"] for lp in fwd["sass_loops"] if lp["text"].startswith("for (int u = lane")}
+            assert len(sites) == 6, sites  # depthwise_runs<1, 2, 3, 4, 5, 7>

@@ -1,11 +1,13 @@
 """The static cost report of the layer suite: one row per (layer, layout, dtype, direction, backend).
 
     python -m bsconv_fused.bench.static [--arch sm_90|sm_80] [--dtypes fp16,bf16,fp32] [--filter '512->512']
-                                        [--json FILE] [--markdown FILE]
+                                        [--suite layers,variants] [--json FILE] [--markdown FILE]
 
-Every kernel launch of the suite (N=64, K=3, stride 1, NCHW and channels_last, forward and backward with the
-gradients of x, pw, dw and bias) is compiled as the JIT compiles it and predicted with the static model; a
-direction row sums its kernels. The predictions are lower bounds, not measurements.
+Every kernel launch of the suite (N=64, NCHW and channels_last, forward and backward with the gradients of x, pw,
+dw and bias) is compiled as the JIT compiles it and predicted with the static model; a direction row sums its
+kernels. The predictions are lower bounds, not measurements. Suites (bsconv_fused.bench.suites.gpu_layer_suites):
+"layers" (K=3, stride 1, every dtype; the default) and "variants" (K=5 stride 1 and K=3 stride 2, the first dtype
+only). A row's `layer` ('128->128@56') is the same for every variant; its `kernel_size` and `stride` tell them apart.
 
 Backends: each entry of BACKENDS turns (case, layout, direction, arch) into compiled kernels (CompiledLaunch: SASS,
 registers, shared memory, grid, and the launch with its declared loops). Only triton today; a cuda backend adds an
@@ -92,7 +94,7 @@ def make_row(case: LayerCase, layout: str, direction: str, backend: str, preds: 
     unfused = roofline_us(case, direction, False, machines[0])
     row = dict(
         layer=case.layer, layout=layout, dtype=case.dtype, direction=direction, backend=backend,
-        N=case.N, K=case.K, stride=case.stride,
+        N=case.N, K=case.K, kernel_size=case.K, stride=case.stride,
         kernels=[p.as_dict() for p in preds],
         machine=primary,
         predicted_us=round(total[primary], 3),
@@ -108,10 +110,17 @@ def make_row(case: LayerCase, layout: str, direction: str, backend: str, preds: 
     return row
 
 
-def suite(dtypes: Sequence[str], pattern: str = "") -> List[tuple]:
-    """(case, layout) pairs of the layer suite, filtered by every space-separated token of pattern (matched against
-    e.g. '512->512@14 N64 K3 s1 fp16 channels_last')."""
-    cases = gpu_layer_suites(list(dtypes), quick=False)["layers"]
+SUITES = ("layers", "variants")
+
+
+def suite(dtypes: Sequence[str], pattern: str = "", suites: Sequence[str] = ("layers",)) -> List[tuple]:
+    """(case, layout) pairs of the named suites (SUITES, in that order), filtered by every space-separated token of
+    pattern (matched against e.g. '512->512@14 N64 K3 s1 fp16 channels_last')."""
+    bad = [s for s in suites if s not in SUITES]
+    if bad or not suites:
+        raise ValueError(f"suites must be a non-empty subset of {SUITES}, got {list(suites)}")
+    named = gpu_layer_suites(list(dtypes), quick=False)
+    cases = [c for name in suites for c in named[name]]
     pairs = [(c, lay) for c in cases for lay in LAYOUTS]
     toks = pattern.split()
     return [(c, lay) for c, lay in pairs if all(t in f"{c.name} {lay}" for t in toks)]
@@ -119,19 +128,19 @@ def suite(dtypes: Sequence[str], pattern: str = "") -> List[tuple]:
 
 def build_report(arch="sm_90", dtypes: Sequence[str] = ("fp16",), pattern: str = "",
                  backends: Sequence[str] = ("triton",), directions: Sequence[str] = DIRECTIONS,
-                 log=print) -> dict:
+                 log=print, suites: Sequence[str] = ("layers",)) -> dict:
     """All rows; raises RuntimeError listing every kernel that could not be predicted (e.g. a loop mismatch)."""
     n = arch_number(arch)
     machines = MACHINES_FOR_ARCH[n]
     rows, errors = [], []
     t0 = time.perf_counter()
-    pairs = suite(dtypes, pattern)
+    pairs = suite(dtypes, pattern, suites)
     if not pairs:
         raise ValueError(f"--filter {pattern!r} matches no layer of the suite")
     for case, layout in pairs:
         for direction in directions:
             for backend in backends:
-                label = f"{case.layer} {case.dtype} {layout} {direction} {backend}"
+                label = f"{case.layer} K{case.K} s{case.stride} {case.dtype} {layout} {direction} {backend}"
                 try:
                     preds = [predict_compiled(k, machines) for k in BACKENDS[backend](case, layout, direction, n)]
                 except Exception as e:  # collect them all: one report run shows every kernel to fix
@@ -145,7 +154,7 @@ def build_report(arch="sm_90", dtypes: Sequence[str] = ("fp16",), pattern: str =
                     f"[{time.perf_counter() - t0:.0f} s]")
     if errors:
         raise RuntimeError("static report failed for:\n  " + "\n  ".join(errors))
-    return dict(header=_header(n, machines, dtypes, pattern, time.perf_counter() - t0), rows=rows)
+    return dict(header=_header(n, machines, dtypes, pattern, time.perf_counter() - t0, suites), rows=rows)
 
 
 def _git_commit() -> str:
@@ -161,12 +170,13 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _header(arch: int, machines, dtypes, pattern, seconds) -> dict:
+def _header(arch: int, machines, dtypes, pattern, seconds, suites=("layers",)) -> dict:
     import triton
 
     return dict(
         note="static predictions (lower bounds from compiled SASS), not measurements",
         arch=f"sm_{arch}", machines=[m.name for m in machines], dtypes=list(dtypes), filter=pattern,
+        suites=list(suites),
         triton=triton.__version__, torch=torch.__version__, python=platform.python_version(),
         git_commit=_git_commit(), generated_utc=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         runtime_s=round(seconds, 1), method="docs/static-cost-model.md",
@@ -184,26 +194,29 @@ def to_markdown(report: dict) -> str:
            f"git {h['git_commit']} | generated {h['generated_utc']} in {h['runtime_s']:.0f} s", "",
            "Speedup = unfused roofline (two kernels at the DRAM/tensor roofline, t written and read) / predicted "
            "time: above 1 the fused kernels are predicted faster than an ideal unfused path.", "",
-           f"| layer | dtype | layout | direction | predicted {machines[0]} (us) | "
+           f"| layer | dtype | layout | K | stride | direction | backend | predicted {machines[0]} (us) | "
            + (f"predicted {machines[1]} (us) | " if len(machines) > 1 else "")
            + "binding (kernel:resource) | fused roofline (us) | unfused roofline (us) | predicted speedup |",
-           "|---|---|---|---|---:|" + ("---:|" if len(machines) > 1 else "") + "---|---:|---:|---:|"]
+           "|---|---|---|---:|---:|---|---|---:|" + ("---:|" if len(machines) > 1 else "") + "---|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['layer']} | {r['dtype']} | {r['layout']} | {r['direction']} | {r['predicted_us']:.1f} | "
+        out.append(f"| {r['layer']} | {r['dtype']} | {r['layout']} | {_k(r)} | {r['stride']} | {r['direction']} | "
+                   f"{r.get('backend', 'triton')} | {r['predicted_us']:.1f} | "
                    + (f"{r['predicted_us_h200']:.1f} | " if len(machines) > 1 else "")
                    + f"{r['binding']} | {r['fused_roofline_us']:.1f} | {r['unfused_roofline_us']:.1f} | "
                    f"{r['predicted_speedup']:.2f}x |")
     m0 = machines[0]
     out += ["", f"## Kernels ({m0}; times in us per resource, the max is the bound)", "",
-            "| layer | dtype | layout | kernel | grid | regs | stack | smem KB | CTA/SM (limit) | waves | loops "
-            "(trips) | warp-instr/warp | " + " | ".join(_RES) + " | bound |",
-            "|---|---|---|---|---:|---:|---:|---:|---|---:|---|---:|" + "---:|" * len(_RES) + "---|"]
+            "| layer | dtype | layout | K | stride | backend | kernel | grid | regs | stack | smem KB | "
+            "CTA/SM (limit) | waves | loops (trips) | warp-instr/warp | " + " | ".join(_RES) + " | bound |",
+            "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---|---:|" + "---:|" * len(_RES) + "---|"]
     for r in rows:
         for k in r["kernels"]:
             o = k["occupancy"][m0]
             t = k["times_us"][m0]
             loops = ", ".join(f"{lp['name']} {lp['trips']:g}" for lp in k["loops"]) or "-"
-            out.append(f"| {r['layer']} | {r['dtype']} | {r['layout']} | {k['kernel']} | {k['ctas']} | {k['regs']} | "
+            out.append(f"| {r['layer']} | {r['dtype']} | {r['layout']} | {_k(r)} | {r['stride']} | "
+                       f"{r.get('backend', 'triton')} | {k['kernel']} | "
+                       f"{k['ctas']} | {k['regs']} | "
                        f"{k['stack_bytes']} | {k['shared_bytes'] / 1024:.0f} | {o['ctas_per_sm']} ({o['limiter']}) | "
                        f"{o['waves']:.2f} | {loops} | {k['counts_per_warp']['issued']:.0f} | "
                        + " | ".join(f"{t[x]:.1f}" for x in _RES)
@@ -214,6 +227,10 @@ def to_markdown(report: dict) -> str:
 _RES = ("issue", "fma", "alu", "xu", "shfl", "lsu", "smem", "tensor", "l2", "dram")
 
 
+def _k(row: dict) -> int:
+    return row.get("kernel_size", row.get("K"))  # rows of reports written before kernel_size existed carry only K
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bsconv_fused.bench.static", description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="sm_90", choices=("sm_90", "sm_80"))
@@ -221,6 +238,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--filter", default="", help="keep the layers whose name contains every token, e.g. '512->512 "
                                                  "channels_last'")
     ap.add_argument("--backends", default="triton", help=f"comma-separated, of {tuple(BACKENDS)}")
+    ap.add_argument("--suite", default="layers", help=f"comma-separated, of {SUITES}: 'layers' (K3 stride 1, the "
+                                                      "default), 'variants' (K5 stride 1 and K3 stride 2)")
     ap.add_argument("--json", help="write the rows (and a header) as JSON to this file")
     ap.add_argument("--markdown", help="write the report as markdown to this file")
     args = ap.parse_args(argv)
@@ -231,9 +250,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     backends = [b for b in args.backends.split(",") if b]
     if not backends or any(b not in BACKENDS for b in backends):
         ap.error(f"--backends must be a comma-separated subset of {','.join(BACKENDS)}, got {args.backends!r}")
+    suites = [s for s in args.suite.split(",") if s]
+    if not suites or any(s not in SUITES for s in suites):
+        ap.error(f"--suite must be a comma-separated subset of {','.join(SUITES)}, got {args.suite!r}")
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        report = build_report(args.arch, dtypes, args.filter, backends, log=log)
+        report = build_report(args.arch, dtypes, args.filter, backends, log=log, suites=suites)
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
