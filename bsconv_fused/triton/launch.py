@@ -201,10 +201,12 @@ def _rows_launch(g, p, x, y, tensors, sizes, common) -> Launch:
              SLOT_H=p.slot_h, SLOT_W=p.slot_w, M_LANES=p.halo_lanes, OUT_CHUNK=p.out_chunk, TAPS=taps,
              ZERO_STEPS=cdiv(slot_pix - p.imgs * p.gemm_rows * g.W, p.halo_lanes), num_stages=p.num_stages,
              X_OFF32=_span(x, p.imgs) < 2**31, Y_OFF32=_span(y, p.imgs) < 2**31),
-        # tiles, C_in steps, output chunks, taps; a run-time count equal to 1 is specialised to a constant by the
-        # JIT and its loop folds away
+        # tiles, C_in steps, output chunks, taps. A run-time count equal to 1 may be specialised to a constant by
+        # the JIT (its loop folds away) or not (Triton 3.9 kept the one-chunk loop of the 7x7 stride-2 layers):
+        # such a loop is declared optional, exact either way since it runs once
         loops=(Loop("tiles", tiles / programs),) + ((Loop("c_in", cdiv(g.C_in, p.block_ci)),) if g.C_in > 1 else ())
-              + ((Loop("chunks", n_chunks),) if n_chunks > 1 else ()) + ((Loop("taps", n_taps),) if n_taps > 1 else ()),
+              + (Loop("chunks", n_chunks, optional=n_chunks == 1),)
+              + ((Loop("taps", n_taps),) if n_taps > 1 else ()),
         scratch=(scratch,),
     )
 
