@@ -1,4 +1,4 @@
-// Launch-plan probe for the static cost model (bsconv_fused/bench/static/cuda_plan.py): prints, for each geometry on
+// Launch-plan probe for the static cost model (bsconv_fused/bench/static/cuda.py): prints, for each geometry on
 // stdin, the launches forward() and backward() make, using the extension's own planners on a device described on
 // the command line (no GPU needed). One source of truth: the planners are the ones in forward.cu / backward.cu,
 // included here; only the two-line composition forward_typed / backward_typed perform around them is restated
